@@ -62,10 +62,20 @@ class Fields {
     if (absent()) return missing(name);
     return rd_.read_bin(v) ? next() : wrong(name, "binary (msgpack bin)");
   }
+  // opts, auth and limits: maps with unique str keys and no binary values (so every frame has a JSON form).
   bool map(mp::Value& v, const char* name, bool required) {
     if (absent()) return required ? missing(name) : next();
-    if (rd_.peek() != mp::Type::map || !rd_.read_value(v)) return wrong(name, "a map with string keys");
+    if (rd_.peek() != mp::Type::map || !rd_.read_value(v) || has_bin(v))
+      return wrong(name, "a map with unique string keys and no binary values");
     return next();
+  }
+  static bool has_bin(const mp::Value& v) {
+    if (v.type == mp::Type::bin) return true;
+    for (const auto& e : v.array)
+      if (has_bin(e)) return true;
+    for (const auto& [k, e] : v.map)
+      if (has_bin(e)) return true;
+    return false;
   }
   bool headers(Headers& h, const char* name) {
     if (absent()) return next();
@@ -75,6 +85,8 @@ class Fields {
     for (uint32_t i = 0; i < n; ++i) {
       Header e;
       if (!rd_.read_str(e.key) || !rd_.read_str(e.value)) return wrong(name, "a map of string to string");
+      for (const auto& prev : h)
+        if (prev.key == e.key) return wrong(name, "a map without repeated keys");
       h.push_back(e);
     }
     return next();

@@ -3,6 +3,47 @@
 #include <bit>
 #include <cstring>
 
+namespace busgate::proto {
+
+bool is_valid_utf8(std::string_view s) {
+  size_t i = 0;
+  const size_t n = s.size();
+  while (i < n) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len = 0;
+    uint32_t cp = 0;
+    if ((c & 0xe0) == 0xc0) {
+      len = 2;
+      cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      len = 3;
+      cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > n) return false;
+    for (size_t k = 1; k < len; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10ffff ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+      return false;
+    i += len;
+  }
+  return true;
+}
+
+}  // namespace busgate::proto
+
 namespace busgate::proto::mp {
 
 void Writer::be(uint64_t v, int bytes) {
@@ -256,6 +297,7 @@ bool Reader::read_str(std::string_view& v) {
   }
   if (!take(n, d)) return false;
   v = {d, n};
+  if (!is_valid_utf8(v)) return fail();
   return true;
 }
 
@@ -366,8 +408,11 @@ bool Reader::read_value(Value& v, int depth) {
       if (!read_map(n)) return false;
       v.type = Type::map;
       v.map.resize(n);
-      for (auto& [k, e] : v.map) {
+      for (size_t i = 0; i < v.map.size(); ++i) {
+        auto& [k, e] = v.map[i];
         if (!read_str(k)) return false;
+        for (size_t j = 0; j < i; ++j)
+          if (v.map[j].first == k) return fail();  // duplicate key
         if (!read_value(e, depth + 1)) return false;
       }
       return true;

@@ -45,10 +45,15 @@ Sniff sniff(std::string_view b) {
   if (b.empty()) return Sniff::need_more;
   const auto c0 = static_cast<unsigned char>(b[0]);
   if (c0 == 0x16) return Sniff::tls;
-  if (c0 >= 'A' && c0 <= 'Z') return Sniff::http;
-  if (c0 != 0) return Sniff::foreign;
+  if (c0 != 0 && std::string_view("GPHODC").find(static_cast<char>(c0)) == std::string_view::npos)
+    return Sniff::foreign;
   if (b.size() < 2) return Sniff::need_more;
-  return b[1] == 0 ? Sniff::busgate : Sniff::foreign;
+  const auto c1 = static_cast<unsigned char>(b[1]);
+  if (c0 != 0) {  // an HTTP method: GET, POST, PUT, PATCH, HEAD, OPTIONS, DELETE, CONNECT
+    const bool letter = (c1 >= 'A' && c1 <= 'Z') || (c1 >= 'a' && c1 <= 'z');
+    return letter ? Sniff::http : Sniff::foreign;
+  }
+  return c1 == 0 ? Sniff::busgate : Sniff::foreign;
 }
 
 std::string_view tls_alert_reply() {

@@ -88,6 +88,9 @@ TEST_CASE("sniffing the first bytes", "[stream]") {
   CHECK(sniff("POST /x") == Sniff::http);
   CHECK(sniff(from_hex("160301")) == Sniff::tls);
   CHECK(sniff("\x7f") == Sniff::foreign);
+  CHECK(sniff("G") == Sniff::need_more);
+  CHECK(sniff("G1") == Sniff::foreign);
+  CHECK(sniff("XY") == Sniff::foreign);
   CHECK(sniff("hello") == Sniff::foreign);
   CHECK(http_reply().substr(0, 24) == "HTTP/1.1 400 Bad Request");
   const auto hr = std::string(http_reply());

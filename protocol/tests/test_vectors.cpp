@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "busgate/protocol/codec.hpp"
@@ -71,4 +72,30 @@ TEST_CASE("conformance wire vectors", "[vectors]") {
   }
   INFO("vector cases found: " << cases);
   CHECK(cases >= 60);
+}
+
+TEST_CASE("every hex example in docs/protocol.md is a conformance vector", "[vectors][docs]") {
+  std::set<std::string> known;
+  for (const auto& path : vector_files()) {
+    std::ifstream in(path);
+    const ojson vectors = ojson::parse(in);
+    for (const auto& c : vectors.at("cases")) known.insert(c.at("hex").get<std::string>());
+  }
+  std::ifstream doc(BUSGATE_DOCS_DIR "/protocol.md");
+  REQUIRE(doc.good());
+  std::string line;
+  bool in_block = false;
+  size_t examples = 0;
+  while (std::getline(doc, line)) {
+    if (line.starts_with("```")) {
+      in_block = !in_block;
+      continue;
+    }
+    const bool hex_line = in_block && line.size() >= 10 && line.find_first_not_of("0123456789abcdef") == std::string::npos;
+    if (!hex_line) continue;
+    ++examples;
+    INFO("example: " << line);
+    CHECK(known.count(line) == 1);
+  }
+  CHECK(examples >= 16);
 }

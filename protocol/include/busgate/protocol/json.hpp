@@ -10,6 +10,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "busgate/protocol/errors.hpp"
+#include "busgate/protocol/msgpack.hpp"  // is_valid_utf8
 
 namespace busgate::proto {
 
@@ -22,7 +23,6 @@ Code json_value_to_body(const nlohmann::ordered_json& frame, std::string& body, 
 bool body_to_json(std::string_view body, nlohmann::ordered_json& out);
 std::optional<std::string> body_to_json_text(std::string_view body);
 
-bool is_valid_utf8(std::string_view s);
 std::string base64_encode(std::string_view bytes);
 std::optional<std::string> base64_decode(std::string_view text);
 

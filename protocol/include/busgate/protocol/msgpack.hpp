@@ -8,6 +8,11 @@
 #include <utility>
 #include <vector>
 
+namespace busgate::proto {
+// Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF.
+bool is_valid_utf8(std::string_view s);
+}  // namespace busgate::proto
+
 namespace busgate::proto::mp {
 
 // Appends msgpack to a caller-owned buffer, always using the smallest encoding.
@@ -61,11 +66,12 @@ class Reader {
   bool read_nil();
   bool read_bool(bool& v);
   bool read_uint(uint64_t& v);  // accepts any non-negative integer encoding
-  bool read_str(std::string_view& v);
+  bool read_str(std::string_view& v);  // rejects text that is not valid UTF-8
   bool read_bin(std::string_view& v);
   bool read_array(uint32_t& n);  // n is checked against the bytes left
   bool read_map(uint32_t& n);
-  bool read_value(Value& v, int depth = 0);  // nested at most kMaxDepth
+  // Nested at most kMaxDepth; map keys must be str and unique.
+  bool read_value(Value& v, int depth = 0);
   bool skip(int depth = 0);
 
   static constexpr int kMaxDepth = 32;

@@ -32,6 +32,8 @@ class FrameParser {
   Status next(std::string_view& body);
   Code error() const { return error_; }
   size_t buffered() const { return wpos_ - rpos_; }
+  // The bytes received and not yet returned as frames (for sniffing the first bytes).
+  std::string_view peek() const { return {buf_.data() + rpos_, wpos_ - rpos_}; }
   size_t capacity() const { return buf_.size(); }
 
  private:
@@ -47,7 +49,7 @@ enum class Sniff {
   need_more,  // not enough bytes to tell
   busgate,    // a frame length that fits the pre-handshake maximum
   tls,        // a TLS handshake record (a TLS client on a plain port)
-  http,       // an HTTP request line (an ASCII upper-case method)
+  http,       // an HTTP request line: G, P, H, O, D or C followed by a letter
   foreign,    // anything else
 };
 Sniff sniff(std::string_view first_bytes);

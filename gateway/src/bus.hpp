@@ -1,0 +1,49 @@
+#pragma once
+// The bus interface the Session talks to. Implementations: MemoryBus (in-process, the embedded
+// default) and, in production, a NATS-backed bus. Callbacks may run on any thread.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "busgate/protocol/errors.hpp"
+
+namespace busgate::gw {
+
+// One message on the bus. Shared, immutable once published: a fan-out to N subscribers shares it.
+struct BusMessage {
+  std::string subject;   // bus subject (already mapped into a namespace)
+  std::string reply_to;  // bus reply subject, empty for none
+  std::string headers;   // msgpack-encoded headers map (empty for none); includes busgate-tenant
+  std::string payload;
+};
+using BusMessagePtr = std::shared_ptr<const BusMessage>;
+using DeliverFn = std::function<void(const BusMessagePtr&)>;
+using ReplyFn = std::function<void(proto::Code status, const BusMessagePtr& reply)>;
+
+struct BusStats {
+  uint64_t subscriptions = 0;  // subscriptions held on the bus (after any dedup)
+  uint64_t reconnects = 0;
+};
+
+class Bus {
+ public:
+  virtual ~Bus() = default;
+  // Returns an id for unsubscribe. `queue` empty for a plain subscription. After unsubscribe returns,
+  // a delivery already in progress may still call fn once; callers must tolerate that.
+  virtual uint64_t subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) = 0;
+  virtual void unsubscribe(uint64_t id) = 0;
+  // ok, or bus_unavailable when the message was not accepted.
+  virtual proto::Code publish(BusMessagePtr msg) = 0;
+  // Sends msg with a reply subject in this node's inbox and calls fn once with the first reply
+  // (status ok), or no_responders / bus_unavailable. Timeouts are the caller's: cancel_request()
+  // then guarantees fn is not called later. Returns a token for cancel_request.
+  virtual uint64_t request(std::shared_ptr<BusMessage> msg, ReplyFn fn) = 0;
+  virtual void cancel_request(uint64_t token) = 0;
+  virtual bool healthy() const = 0;
+  virtual const char* kind() const = 0;
+  virtual BusStats stats() const = 0;
+};
+
+}  // namespace busgate::gw

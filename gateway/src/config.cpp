@@ -1,0 +1,334 @@
+#include "config.hpp"
+
+#include <openssl/evp.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "busgate/protocol/subject.hpp"
+
+namespace busgate::gw {
+namespace {
+
+[[noreturn]] void fail(const std::string& key, const std::string& what) { throw ConfigError(key + ": " + what); }
+
+void only_keys(const YAML::Node& node, const std::string& where, std::initializer_list<const char*> keys) {
+  if (!node.IsMap()) fail(where.empty() ? "(top level)" : where, "must be a mapping");
+  for (const auto& kv : node) {
+    const auto k = kv.first.as<std::string>();
+    if (std::none_of(keys.begin(), keys.end(), [&](const char* a) { return k == a; }))
+      fail(where.empty() ? k : where + "." + k, "unknown key");
+  }
+}
+
+
+template <typename T>
+T get_num(const YAML::Node& n, const std::string& key, T lo, T hi) {
+  try {
+    const auto v = n.as<double>();
+    if (v < static_cast<double>(lo) || v > static_cast<double>(hi))
+      fail(key, "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+    if constexpr (std::is_integral_v<T>) {
+      if (v != static_cast<double>(static_cast<T>(v))) fail(key, "must be a whole number");
+    }
+    return static_cast<T>(v);
+  } catch (const YAML::Exception&) {
+    fail(key, "must be a number");
+  }
+}
+
+std::string get_str(const YAML::Node& n, const std::string& key) {
+  if (!n.IsScalar()) fail(key, "must be a string");
+  return n.as<std::string>();
+}
+
+std::vector<std::string> get_str_list(const YAML::Node& n, const std::string& key) {
+  if (n.IsScalar()) return {n.as<std::string>()};
+  if (!n.IsSequence()) fail(key, "must be a list of strings");
+  std::vector<std::string> out;
+  for (size_t i = 0; i < n.size(); ++i) out.push_back(get_str(n[i], key + "[" + std::to_string(i) + "]"));
+  return out;
+}
+
+void check_pattern(const std::string& p, const std::string& key) {
+  if (proto::validate_subject(p, true) != proto::Code::ok) fail(key, "'" + p + "' is not a valid subject pattern");
+}
+
+PatternRules parse_rules(const YAML::Node& n, const std::string& key) {
+  PatternRules r;
+  if (n.IsSequence() || n.IsScalar()) {  // shorthand: a list of allowed patterns
+    r.allow = get_str_list(n, key);
+  } else {
+    only_keys(n, key, {"allow", "deny"});
+    if (n["allow"]) r.allow = get_str_list(n["allow"], key + ".allow");
+    if (n["deny"]) r.deny = get_str_list(n["deny"], key + ".deny");
+  }
+  for (size_t i = 0; i < r.allow.size(); ++i) check_pattern(r.allow[i], key + ".allow[" + std::to_string(i) + "]");
+  for (size_t i = 0; i < r.deny.size(); ++i) check_pattern(r.deny[i], key + ".deny[" + std::to_string(i) + "]");
+  return r;
+}
+
+bool is_hex_digest(const std::string& s) {
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+// A prefix pattern ("a.b.>") or an exact subject; returns the literal part for prefix patterns.
+void check_import_pattern(const std::string& p, const std::string& key) {
+  if (proto::validate_subject(p, true) != proto::Code::ok) fail(key, "'" + p + "' is not a valid subject pattern");
+  const bool tail = p == ">" || (p.size() > 2 && p.ends_with(".>"));
+  const std::string head = tail ? (p == ">" ? "" : p.substr(0, p.size() - 2)) : p;
+  if (!head.empty() && proto::has_wildcard(head))
+    fail(key, "'" + p + "' may only use a trailing '>' wildcard");
+}
+
+TenantConfig parse_tenant(const YAML::Node& n, const std::string& key) {
+  only_keys(n, key, {"name", "tokens_sha256", "tokens", "prefix", "permissions", "imports", "limits"});
+  TenantConfig t;
+  if (!n["name"]) fail(key + ".name", "is required");
+  t.name = get_str(n["name"], key + ".name");
+  if (t.name.empty() || proto::validate_subject(t.name, false) != proto::Code::ok || t.name.find('.') != std::string::npos)
+    fail(key + ".name", "must be one subject token (letters, digits, '-', '_')");
+  if (n["tokens_sha256"]) {
+    t.token_sha256 = get_str_list(n["tokens_sha256"], key + ".tokens_sha256");
+    for (size_t i = 0; i < t.token_sha256.size(); ++i) {
+      auto& h = t.token_sha256[i];
+      std::transform(h.begin(), h.end(), h.begin(), [](char c) { return static_cast<char>(std::tolower(c)); });
+      if (!is_hex_digest(h))
+        fail(key + ".tokens_sha256[" + std::to_string(i) + "]", "must be a 64-hex-digit SHA-256 digest");
+    }
+  }
+  if (n["tokens"]) {  // plain tokens are hashed at load; only the digest is kept in memory
+    for (const auto& tok : get_str_list(n["tokens"], key + ".tokens")) {
+      if (tok.size() < 8) fail(key + ".tokens", "tokens must be at least 8 characters");
+      t.token_sha256.push_back(sha256_hex(tok));
+    }
+  }
+  if (t.token_sha256.empty()) fail(key + ".tokens_sha256", "at least one token digest is required");
+  t.prefix = n["prefix"] ? get_str(n["prefix"], key + ".prefix") : "t." + t.name + ".";
+  if (!t.prefix.empty()) {
+    if (!t.prefix.ends_with('.') ||
+        proto::validate_subject(t.prefix.substr(0, t.prefix.size() - 1), false) != proto::Code::ok)
+      fail(key + ".prefix", "must be subject tokens ending with '.', e.g. 't.acme.'");
+  }
+  if (const auto p = n["permissions"]) {
+    only_keys(p, key + ".permissions", {"publish", "subscribe", "request"});
+    if (p["publish"]) t.permissions.publish = parse_rules(p["publish"], key + ".permissions.publish");
+    if (p["subscribe"]) t.permissions.subscribe = parse_rules(p["subscribe"], key + ".permissions.subscribe");
+    if (p["request"]) t.permissions.request = parse_rules(p["request"], key + ".permissions.request");
+  }
+  if (const auto im = n["imports"]) {
+    if (!im.IsSequence()) fail(key + ".imports", "must be a list");
+    for (size_t i = 0; i < im.size(); ++i) {
+      const std::string k = key + ".imports[" + std::to_string(i) + "]";
+      only_keys(im[i], k, {"kind", "from", "to"});
+      Import imp;
+      const std::string kind = im[i]["kind"] ? get_str(im[i]["kind"], k + ".kind") : "service";
+      if (kind == "service") imp.kind = Import::Kind::service;
+      else if (kind == "stream") imp.kind = Import::Kind::stream;
+      else fail(k + ".kind", "must be 'service' or 'stream'");
+      if (!im[i]["from"]) fail(k + ".from", "is required");
+      if (!im[i]["to"]) fail(k + ".to", "is required");
+      imp.from = get_str(im[i]["from"], k + ".from");
+      imp.to = get_str(im[i]["to"], k + ".to");
+      check_import_pattern(imp.from, k + ".from");
+      check_import_pattern(imp.to, k + ".to");
+      if (imp.from.ends_with(">") != imp.to.ends_with(">"))
+        fail(k + ".to", "must have the same shape as 'from' (both end with '>' or neither)");
+      t.imports.push_back(imp);
+    }
+  }
+  if (const auto l = n["limits"]) {
+    only_keys(l, key + ".limits",
+              {"max_connections", "max_subscriptions", "max_payload", "publish_msgs_per_sec", "publish_bytes_per_sec",
+               "max_inflight_requests"});
+    auto& lim = t.limits;
+    const std::string k = key + ".limits.";
+    if (l["max_connections"]) lim.max_connections = get_num<uint32_t>(l["max_connections"], k + "max_connections", 1, 10000000);
+    if (l["max_subscriptions"])
+      lim.max_subscriptions = get_num<uint32_t>(l["max_subscriptions"], k + "max_subscriptions", 1, 10000000);
+    if (l["max_payload"]) lim.max_payload = get_num<uint32_t>(l["max_payload"], k + "max_payload", 1, 64 * 1024 * 1024);
+    if (l["publish_msgs_per_sec"])
+      lim.publish_msgs_per_sec = get_num<double>(l["publish_msgs_per_sec"], k + "publish_msgs_per_sec", 0, 1e9);
+    if (l["publish_bytes_per_sec"])
+      lim.publish_bytes_per_sec = get_num<double>(l["publish_bytes_per_sec"], k + "publish_bytes_per_sec", 0, 1e12);
+    if (l["max_inflight_requests"])
+      lim.max_inflight_requests = get_num<uint32_t>(l["max_inflight_requests"], k + "max_inflight_requests", 1, 10000000);
+  }
+  return t;
+}
+
+std::string default_node_id() {
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  std::string h = host;
+  for (auto& c : h)
+    if (c == '.' || c == ' ') c = '-';
+  return (h.empty() ? std::string("node") : h) + "-" + std::to_string(getpid());
+}
+
+}  // namespace
+
+Endpoint parse_endpoint(const std::string& text, const std::string& key) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos) fail(key, "'" + text + "' must be HOST:PORT");
+  Endpoint e;
+  e.host = text.substr(0, colon);
+  if (e.host.size() >= 2 && e.host.front() == '[' && e.host.back() == ']') e.host = e.host.substr(1, e.host.size() - 2);
+  if (e.host.empty()) e.host = "0.0.0.0";
+  const std::string port = text.substr(colon + 1);
+  if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), ::isdigit) || std::stoi(port) > 65535)
+    fail(key, "'" + text + "' has an invalid port");
+  e.port = static_cast<uint16_t>(std::stoi(port));
+  return e;
+}
+
+GatewayConfig parse_config(const std::string& text) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError("YAML syntax error at line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+  GatewayConfig c;
+  if (!root || root.IsNull()) throw ConfigError("(top level): the configuration is empty");
+  try {
+    only_keys(root, "",
+              {"node_id", "listen", "threads", "log", "timeouts", "limits", "admin", "bus", "tenants"});
+    if (root["node_id"]) c.node_id = get_str(root["node_id"], "node_id");
+    if (const auto l = root["listen"]) {
+      only_keys(l, "listen", {"tcp", "http"});
+      auto endpoint_or_off = [](const YAML::Node& n, const std::string& key) -> std::optional<Endpoint> {
+        const auto s = get_str(n, key);
+        if (s == "off" || s.empty()) return std::nullopt;
+        return parse_endpoint(s, key);
+      };
+      if (l["tcp"]) c.tcp = endpoint_or_off(l["tcp"], "listen.tcp");
+      if (l["http"]) c.http = endpoint_or_off(l["http"], "listen.http");
+    }
+    if (root["threads"]) c.threads = get_num<unsigned>(root["threads"], "threads", 0, 256);
+    if (const auto l = root["log"]) {
+      only_keys(l, "log", {"level", "format"});
+      if (l["level"]) {
+        c.log_level = get_str(l["level"], "log.level");
+        static const std::set<std::string> levels{"trace", "debug", "info", "warn", "error", "critical", "off"};
+        if (!levels.count(c.log_level)) fail("log.level", "must be one of trace, debug, info, warn, error, off");
+      }
+      if (l["format"]) {
+        c.log_format = get_str(l["format"], "log.format");
+        if (c.log_format != "text" && c.log_format != "json") fail("log.format", "must be 'text' or 'json'");
+      }
+    }
+    if (const auto t = root["timeouts"]) {
+      only_keys(t, "timeouts",
+                {"handshake_ms", "heartbeat_ms", "min_heartbeat_ms", "request_ms", "max_request_ms", "drain_ms",
+                 "goaway_delay_ms"});
+      if (t["handshake_ms"]) c.handshake_timeout_ms = get_num<uint32_t>(t["handshake_ms"], "timeouts.handshake_ms", 10, 600000);
+      if (t["heartbeat_ms"]) c.heartbeat_ms = get_num<uint32_t>(t["heartbeat_ms"], "timeouts.heartbeat_ms", 10, 3600000);
+      if (t["min_heartbeat_ms"])
+        c.min_heartbeat_ms = get_num<uint32_t>(t["min_heartbeat_ms"], "timeouts.min_heartbeat_ms", 10, 3600000);
+      if (t["request_ms"]) c.request_timeout_ms = get_num<uint32_t>(t["request_ms"], "timeouts.request_ms", 1, 3600000);
+      if (t["max_request_ms"])
+        c.max_request_timeout_ms = get_num<uint32_t>(t["max_request_ms"], "timeouts.max_request_ms", 1, 3600000);
+      if (t["drain_ms"]) c.drain_timeout_ms = get_num<uint32_t>(t["drain_ms"], "timeouts.drain_ms", 0, 3600000);
+      if (t["goaway_delay_ms"])
+        c.goaway_delay_ms = get_num<uint32_t>(t["goaway_delay_ms"], "timeouts.goaway_delay_ms", 0, 3600000);
+      if (c.request_timeout_ms > c.max_request_timeout_ms)
+        fail("timeouts.request_ms", "must not be above timeouts.max_request_ms");
+    }
+    if (const auto l = root["limits"]) {
+      only_keys(l, "limits", {"max_pending_bytes"});
+      if (l["max_pending_bytes"])
+        c.max_pending_bytes = get_num<uint32_t>(l["max_pending_bytes"], "limits.max_pending_bytes", 4096, 1u << 31);
+    }
+    if (const auto a = root["admin"]) {
+      only_keys(a, "admin", {"token_sha256", "token"});
+      if (a["token_sha256"]) {
+        c.admin_token_sha256 = get_str(a["token_sha256"], "admin.token_sha256");
+        if (!is_hex_digest(c.admin_token_sha256)) fail("admin.token_sha256", "must be a 64-hex-digit SHA-256 digest");
+      }
+      if (a["token"]) c.admin_token_sha256 = sha256_hex(get_str(a["token"], "admin.token"));
+    }
+    if (const auto b = root["bus"]) {
+      only_keys(b, "bus", {"kind", "servers", "user", "password", "token", "creds_file", "tls", "name"});
+      if (b["kind"]) c.bus.kind = get_str(b["kind"], "bus.kind");
+      if (c.bus.kind != "memory" && c.bus.kind != "nats") fail("bus.kind", "must be 'memory' or 'nats'");
+      if (b["servers"]) c.bus.servers = get_str_list(b["servers"], "bus.servers");
+      if (b["user"]) c.bus.user = get_str(b["user"], "bus.user");
+      if (b["password"]) c.bus.password = get_str(b["password"], "bus.password");
+      if (b["token"]) c.bus.token = get_str(b["token"], "bus.token");
+      if (b["creds_file"]) c.bus.creds_file = get_str(b["creds_file"], "bus.creds_file");
+      if (b["name"]) c.bus.name = get_str(b["name"], "bus.name");
+      if (const auto t = b["tls"]) {
+        only_keys(t, "bus.tls", {"ca", "cert", "key"});
+        if (t["ca"]) c.bus.tls_ca = get_str(t["ca"], "bus.tls.ca");
+        if (t["cert"]) c.bus.tls_cert = get_str(t["cert"], "bus.tls.cert");
+        if (t["key"]) c.bus.tls_key = get_str(t["key"], "bus.tls.key");
+      }
+      if (c.bus.kind == "nats" && c.bus.servers.empty()) fail("bus.servers", "is required when bus.kind is 'nats'");
+    }
+    if (const auto ts = root["tenants"]) {
+      if (!ts.IsSequence()) fail("tenants", "must be a list");
+      std::set<std::string> names, prefixes;
+      for (size_t i = 0; i < ts.size(); ++i) {
+        const std::string key = "tenants[" + std::to_string(i) + "]";
+        auto t = parse_tenant(ts[i], key);
+        if (!names.insert(t.name).second) fail(key + ".name", "duplicate tenant name '" + t.name + "'");
+        if (!prefixes.insert(t.prefix).second) fail(key + ".prefix", "two tenants share the prefix '" + t.prefix + "'");
+        c.tenants.push_back(std::move(t));
+      }
+      // A token belongs to one tenant only.
+      std::set<std::string> digests;
+      for (size_t i = 0; i < c.tenants.size(); ++i)
+        for (const auto& d : c.tenants[i].token_sha256)
+          if (!digests.insert(d).second)
+            fail("tenants[" + std::to_string(i) + "].tokens_sha256", "a token digest is used by two tenants");
+    }
+    if (c.tenants.empty()) fail("tenants", "at least one tenant is required");
+  } catch (const YAML::Exception& e) {
+    throw ConfigError("YAML error at line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+  if (c.node_id.empty()) c.node_id = default_node_id();
+  if (c.bus.name.empty()) c.bus.name = "busgate-" + c.node_id;
+  return c;
+}
+
+GatewayConfig load_config_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(path + ": cannot read the file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_config(ss.str());
+}
+
+GatewayConfig dev_config() {
+  GatewayConfig c;
+  c.node_id = default_node_id();
+  c.bus.name = "busgate-" + c.node_id;
+  TenantConfig demo;
+  demo.name = "demo";
+  demo.prefix = "t.demo.";
+  demo.token_sha256 = {sha256_hex(kDevToken)};
+  c.tenants.push_back(demo);
+  return c;
+}
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < len; ++i) {
+    out += hex[md[i] >> 4];
+    out += hex[md[i] & 15];
+  }
+  return out;
+}
+
+}  // namespace busgate::gw

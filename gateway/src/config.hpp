@@ -1,0 +1,96 @@
+#pragma once
+// Gateway configuration: the YAML file's model, its validation, and the --dev default.
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace busgate::gw {
+
+struct Endpoint {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;
+  std::string str() const { return host + ":" + std::to_string(port); }
+};
+
+struct PatternRules {
+  std::vector<std::string> allow{">"};
+  std::vector<std::string> deny;
+};
+
+struct Permissions {
+  PatternRules publish;
+  PatternRules subscribe;
+  PatternRules request;
+};
+
+struct Import {
+  enum class Kind { service, stream } kind = Kind::service;
+  std::string from;  // client-visible pattern: "data.>" or an exact subject
+  std::string to;    // bus pattern of the same shape: "svc.data.>"
+};
+
+struct TenantLimits {
+  uint32_t max_connections = 1000;
+  uint32_t max_subscriptions = 10000;   // per connection
+  uint32_t max_payload = 1048576;
+  double publish_msgs_per_sec = 0;      // 0 = unlimited
+  double publish_bytes_per_sec = 0;     // 0 = unlimited
+  uint32_t max_inflight_requests = 1000;  // concurrent REQs across the tenant's connections
+};
+
+struct TenantConfig {
+  std::string name;
+  std::vector<std::string> token_sha256;  // lowercase hex digests
+  std::string prefix;                     // bus namespace, default "t.<name>."
+  Permissions permissions;
+  std::vector<Import> imports;
+  TenantLimits limits;
+};
+
+struct BusConfig {
+  std::string kind = "memory";  // memory | nats
+  std::vector<std::string> servers;
+  std::string user, password, token, creds_file;
+  std::string tls_ca, tls_cert, tls_key;
+  std::string name;  // connection name, default "busgate-<node_id>"
+};
+
+struct GatewayConfig {
+  std::string node_id;  // default: hostname-pid
+  std::optional<Endpoint> tcp = Endpoint{"127.0.0.1", 7422};
+  std::optional<Endpoint> http = Endpoint{"127.0.0.1", 7480};
+  unsigned threads = 0;  // 0 = one per core
+  std::string log_level = "info";
+  std::string log_format = "text";  // text | json
+  uint32_t handshake_timeout_ms = 5000;
+  uint32_t heartbeat_ms = 30000;
+  uint32_t min_heartbeat_ms = 100;
+  uint32_t max_pending_bytes = 8 * 1024 * 1024;  // outbound queue bound per connection
+  uint32_t request_timeout_ms = 5000;
+  uint32_t max_request_timeout_ms = 60000;
+  uint32_t drain_timeout_ms = 10000;
+  uint32_t goaway_delay_ms = 1000;
+  std::string admin_token_sha256;
+  BusConfig bus;
+  std::vector<TenantConfig> tenants;
+};
+
+// A configuration error; what() names the key, e.g. "tenants[1].limits.max_payload: must be > 0".
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+GatewayConfig load_config_file(const std::string& path);
+GatewayConfig parse_config(const std::string& yaml_text);
+// The embedded default: memory bus and a "demo" tenant whose token is kDevToken.
+GatewayConfig dev_config();
+inline constexpr const char* kDevToken = "dev-token";
+
+// Hex SHA-256 of a token, for the tokens_sha256 lists.
+std::string sha256_hex(std::string_view data);
+Endpoint parse_endpoint(const std::string& text, const std::string& key);
+
+}  // namespace busgate::gw

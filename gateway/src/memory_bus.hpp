@@ -1,0 +1,74 @@
+#pragma once
+// In-process broker: a subject trie with '*' and '>' matching, queue groups that deliver each message
+// to exactly one member, and request/reply through one node inbox.
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "bus.hpp"
+
+namespace busgate::gw {
+
+class SubjectTrie {
+ public:
+  struct Entry {
+    uint64_t id;
+    std::string subject;
+    std::string queue;
+    DeliverFn fn;
+  };
+  using EntryPtr = std::shared_ptr<const Entry>;
+
+  void insert(EntryPtr e);
+  void remove(const EntryPtr& e);
+  // Appends every entry whose pattern matches the literal subject.
+  void match(std::string_view subject, std::vector<EntryPtr>& out) const;
+  size_t size() const { return count_; }
+
+ private:
+  struct Node {
+    std::unordered_map<std::string, std::unique_ptr<Node>> children;
+    std::unique_ptr<Node> star;
+    std::unique_ptr<Node> gt;
+    std::vector<EntryPtr> entries;
+    bool empty() const { return children.empty() && !star && !gt && entries.empty(); }
+  };
+  static void match_node(const Node* n, const std::vector<std::string_view>& toks, size_t i,
+                         std::vector<EntryPtr>& out);
+  static bool remove_at(Node* n, const std::vector<std::string_view>& toks, size_t i, const EntryPtr& e);
+  Node root_;
+  size_t count_ = 0;
+};
+
+class MemoryBus final : public Bus {
+ public:
+  explicit MemoryBus(std::string node_id);
+  uint64_t subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) override;
+  void unsubscribe(uint64_t id) override;
+  proto::Code publish(BusMessagePtr msg) override;
+  uint64_t request(std::shared_ptr<BusMessage> msg, ReplyFn fn) override;
+  void cancel_request(uint64_t token) override;
+  bool healthy() const override { return true; }
+  const char* kind() const override { return "memory"; }
+  BusStats stats() const override;
+
+ private:
+  size_t deliver(const BusMessagePtr& msg);  // returns the number of subscriptions it reached
+
+  std::string inbox_prefix_;
+  mutable std::shared_mutex mu_;
+  SubjectTrie trie_;
+  std::unordered_map<uint64_t, SubjectTrie::EntryPtr> by_id_;
+  std::atomic<uint64_t> next_id_{1};
+  std::atomic<uint64_t> rr_{0};
+
+  std::mutex req_mu_;
+  std::unordered_map<uint64_t, ReplyFn> requests_;
+};
+
+}  // namespace busgate::gw

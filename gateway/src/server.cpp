@@ -1,0 +1,220 @@
+#include "server.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "http_server.hpp"
+#include "memory_bus.hpp"
+#include "session.hpp"
+#include "tcp_transport.hpp"
+
+namespace busgate::gw {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+struct Server::Impl {
+  explicit Impl(asio::io_context& ctx) : signals(ctx), drain_timer(ctx) {}
+  std::unique_ptr<tcp::acceptor> tcp_acceptor;
+  asio::signal_set signals;
+  asio::steady_timer drain_timer;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work0;
+};
+
+std::unique_ptr<Bus> make_bus(const GatewayConfig& cfg);  // bus_factory.cpp
+
+Server::Server(GatewayConfig cfg, std::string config_path)
+    : cfg_(std::move(cfg)), config_path_(std::move(config_path)) {
+  registry_.load(cfg_.tenants);
+  unsigned n = cfg_.threads ? cfg_.threads : std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < n; ++i) contexts_.push_back(std::make_unique<asio::io_context>(1));
+  impl_ = std::make_unique<Impl>(*contexts_[0]);
+  bus_ = make_bus(cfg_);
+}
+
+Server::~Server() = default;
+
+asio::io_context& Server::next_context() { return *contexts_[rr_.fetch_add(1) % contexts_.size()]; }
+
+static void log_listening(const char* what, const tcp::endpoint& ep) {
+  const auto addr = ep.address();
+  const std::string host = addr.is_v6() ? "[" + addr.to_string() + "]" : addr.to_string();
+  spdlog::info("{} listening on {}:{}", what, host, ep.port());
+}
+
+void Server::start_tcp() {
+  if (!cfg_.tcp) return;
+  auto& ctx = *contexts_[0];
+  const auto addr = asio::ip::make_address(cfg_.tcp->host);
+  impl_->tcp_acceptor = std::make_unique<tcp::acceptor>(ctx);
+  auto& acc = *impl_->tcp_acceptor;
+  tcp::endpoint ep(addr, cfg_.tcp->port);
+  acc.open(ep.protocol());
+  acc.set_option(tcp::acceptor::reuse_address(true));
+  acc.bind(ep);
+  acc.listen(asio::socket_base::max_listen_connections);
+  log_listening("tcp", acc.local_endpoint());
+  if (config_path_.empty())
+    spdlog::info("connect with: busgate://{}:{} and HELLO auth {{\"method\": \"token\", \"token\": \"{}\"}}",
+                 cfg_.tcp->host, acc.local_endpoint().port(), kDevToken);
+  struct Accept {
+    Server* self;
+    void operator()() const {
+      auto& acc = *self->impl_->tcp_acceptor;
+      acc.async_accept(self->next_context(), [s = self](const boost::system::error_code& ec, tcp::socket sock) {
+        if (ec == asio::error::operation_aborted || !s->impl_->tcp_acceptor->is_open()) return;
+        if (!ec) {
+          // The transport runs on the context its socket was accepted onto.
+          auto t = std::make_shared<TcpTransport>(*s, std::move(sock));
+          asio::post(t->executor(), [t] { t->start(); });
+        } else {
+          spdlog::warn("accept failed: {}", ec.message());
+        }
+        Accept{s}();
+      });
+    }
+  };
+  Accept{this}();
+}
+
+int Server::run() {
+  try {
+    start_tcp();
+    if (cfg_.http) {
+      http_ = std::make_unique<HttpServer>(*this, *contexts_[0]);
+      http_->start(*cfg_.http);
+    }
+  } catch (const std::exception& e) {
+    spdlog::critical("cannot start listeners: {}", e.what());
+    return 1;
+  }
+  impl_->signals.add(SIGTERM);
+  impl_->signals.add(SIGINT);
+  impl_->signals.add(SIGHUP);
+  struct OnSignal {
+    Server* self;
+    void operator()(const boost::system::error_code& ec, int sig) const {
+      if (ec) return;
+      if (sig == SIGHUP) {
+        const auto err = self->reload();
+        if (!err.empty()) spdlog::error("reload failed, keeping the current tenants: {}", err);
+      } else {
+        spdlog::info("signal {}: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        self->begin_drain();
+      }
+      self->impl_->signals.async_wait(OnSignal{self});
+    }
+  };
+  impl_->signals.async_wait(OnSignal{this});
+  spdlog::info("busgate node {} ready (bus: {}, {} threads)", cfg_.node_id, bus_->kind(), contexts_.size());
+
+  for (size_t i = 1; i < contexts_.size(); ++i) {
+    threads_.emplace_back([ctx = contexts_[i].get()] {
+      auto guard = asio::make_work_guard(*ctx);
+      ctx->run();
+    });
+  }
+  impl_->work0.emplace(contexts_[0]->get_executor());
+  contexts_[0]->run();
+  for (auto& c : contexts_) c->stop();
+  for (auto& t : threads_) t.join();
+  spdlog::info("busgate node {} stopped", cfg_.node_id);
+  return 0;
+}
+
+void Server::add_session(const std::shared_ptr<Session>& s) {
+  std::lock_guard lk(sessions_mu_);
+  sessions_[s->id()] = s;
+}
+
+void Server::remove_session(uint64_t id) {
+  std::lock_guard lk(sessions_mu_);
+  sessions_.erase(id);
+}
+
+std::vector<std::shared_ptr<Session>> Server::sessions() const {
+  std::vector<std::shared_ptr<Session>> out;
+  std::lock_guard lk(sessions_mu_);
+  for (const auto& [id, w] : sessions_)
+    if (auto s = w.lock()) out.push_back(std::move(s));
+  return out;
+}
+
+bool Server::close_session(uint64_t id) {
+  std::shared_ptr<Session> s;
+  {
+    std::lock_guard lk(sessions_mu_);
+    auto it = sessions_.find(id);
+    if (it != sessions_.end()) s = it->second.lock();
+  }
+  if (!s) return false;
+  s->shutdown(proto::Code::closed_by_admin, "an operator closed this connection");
+  return true;
+}
+
+std::string Server::reload() {
+  if (config_path_.empty()) return "the gateway runs without a config file (--dev); nothing to reload";
+  GatewayConfig fresh;
+  try {
+    fresh = load_config_file(config_path_);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  registry_.load(fresh.tenants);
+  cfg_.tenants = fresh.tenants;
+  const auto all = sessions();
+  for (const auto& s : all) s->recheck_auth();
+  spdlog::info("reloaded {} tenants from {} ({} connections rechecked)", fresh.tenants.size(), config_path_,
+               all.size());
+  return {};
+}
+
+void Server::begin_drain() {
+  asio::post(*contexts_[0], [this] {
+    if (draining_.exchange(true)) return;
+    boost::system::error_code ec;
+    if (impl_->tcp_acceptor) impl_->tcp_acceptor->close(ec);
+    if (http_) http_->stop_accepting();
+    drain_deadline_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.drain_timeout_ms);
+    const auto all = sessions();
+    spdlog::info("drain: GOAWAY to {} connections, deadline {} ms", all.size(), cfg_.drain_timeout_ms);
+    for (const auto& s : all) s->goaway(cfg_.goaway_delay_ms);
+    drain_tick();
+  });
+}
+
+void Server::drain_tick() {
+  const auto now = std::chrono::steady_clock::now();
+  const auto left = sessions();
+  if (left.empty()) {
+    spdlog::info("drain: every connection closed");
+    impl_->work0.reset();
+    if (http_) http_->stop();
+    for (auto& c : contexts_) c->stop();
+    return;
+  }
+  if (now >= drain_deadline_) {
+    if (drain_forced_) {
+      spdlog::warn("drain: {} connections did not close; stopping", left.size());
+      impl_->work0.reset();
+      if (http_) http_->stop();
+      for (auto& c : contexts_) c->stop();
+      return;
+    }
+    drain_forced_ = true;
+    spdlog::warn("drain: deadline reached, closing {} connections", left.size());
+    for (const auto& s : left) s->shutdown(proto::Code::shutting_down, "drain deadline reached");
+    drain_deadline_ = now + std::chrono::seconds(2);  // then give the final frames a moment
+  }
+  impl_->drain_timer.expires_after(std::chrono::milliseconds(20));
+  impl_->drain_timer.async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) drain_tick();
+  });
+}
+
+}  // namespace busgate::gw

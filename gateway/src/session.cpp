@@ -1,0 +1,683 @@
+#include "session.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/post.hpp>
+#include <random>
+
+#include "busgate/protocol/msgpack.hpp"
+#include "busgate/protocol/subject.hpp"
+#include "server.hpp"
+
+namespace busgate::gw {
+
+namespace asio = boost::asio;
+using proto::Code;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr size_t kMaxGrants = 4096;
+constexpr size_t kFrameOverhead = 65536;  // room for subject, headers and reply subject in a frame
+constexpr std::string_view kInbox = "_INBOX.";
+
+std::string random_id() {
+  static constexpr char kAlphabet[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::string s(22, '0');
+  for (auto& c : s) c = kAlphabet[rng() % 62];
+  return s;
+}
+
+const char* state_name(Session::State s) {
+  switch (s) {
+    case Session::State::handshake: return "handshake";
+    case Session::State::open: return "open";
+    case Session::State::draining: return "draining";
+    default: return "closed";
+  }
+}
+
+}  // namespace
+
+struct Session::SubState {
+  uint32_t sid = 0;
+  uint64_t bus_id = 0;
+  std::string subject;  // as the client gave it
+  std::string queue;
+  Mapping mapping;
+  std::string own_prefix;                 // the tenant's namespace, for mapping reply subjects back
+  bool filter = false;                    // apply the tenant's subscribe deny list per message
+  std::vector<std::string> deny;          // copied at subscribe time when filter is set
+  std::atomic<bool> live{true};
+  std::atomic<uint64_t> remaining{0};     // UNSUB max_msgs countdown; 0 = unlimited
+};
+
+struct Session::Inflight {
+  uint64_t token = 0;
+  Clock::time_point started;
+  asio::steady_timer timer;
+  explicit Inflight(asio::any_io_executor ex) : timer(std::move(ex)) {}
+};
+
+Session::Session(Server& server, asio::any_io_executor ex, uint64_t id)
+    : server_(server),
+      ex_(ex),
+      id_(id),
+      session_id_(random_id()),
+      handshake_timer_(ex),
+      heartbeat_timer_(ex),
+      drain_timer_(ex),
+      max_pending_(server.config().max_pending_bytes) {}
+
+Session::~Session() = default;
+
+void Session::attach(Transport* t) {
+  transport_ = t;
+  transport_kind_ = t->kind();
+  remote_ = t->remote();
+  server_.metrics().connections_opened.fetch_add(1, std::memory_order_relaxed);
+  arm_handshake_timer();
+}
+
+const TenantConfig& Session::cfg() {
+  const uint64_t g = tenant_->generation();
+  if (g != cfg_gen_) {
+    cfg_ = tenant_->config();
+    cfg_gen_ = g;
+  }
+  return *cfg_;
+}
+
+// ---------------------------------------------------------------- inbound
+
+void Session::on_frame(std::string_view body) {
+  const State st = state_.load();
+  if (st == State::closed || closing_) return;
+  rx_since_tick_ = true;
+  ping_outstanding_ = false;
+  bytes_in_.fetch_add(body.size() + 4, std::memory_order_relaxed);
+  proto::Frame f;
+  const auto r = proto::decode(body, proto::Origin::client, f);
+  if (st == State::handshake) {
+    if (r.code == Code::ok || r.has_frame) {
+      if (const auto* h = std::get_if<proto::Hello>(&f)) return on_hello(*h, r);
+    }
+    if (r.code == Code::malformed_frame) return fatal(r.code, r.detail);
+    return fatal(Code::handshake_required, "the first frame must be HELLO (got " +
+                                               std::string(proto::op_name(r.op)) + ")");
+  }
+  if (!r.has_frame) {
+    // MALFORMED_FRAME is fatal; UNKNOWN_OP and UNEXPECTED_OP are not.
+    if (proto::is_fatal(r.code)) return fatal(r.code, r.detail);
+    return send_err(r.code, r.detail, r.op, 0);
+  }
+  handle(f, r);
+}
+
+void Session::handle(const proto::Frame& f, const proto::DecodeResult& r) {
+  switch (proto::frame_op(f)) {
+    case proto::Op::hello: return send_err(Code::unexpected_op, "HELLO was already received", 1, 0);
+    case proto::Op::pub: return on_pub(std::get<proto::Pub>(f), r);
+    case proto::Op::sub: return on_sub(std::get<proto::Sub>(f), r);
+    case proto::Op::unsub: return on_unsub(std::get<proto::Unsub>(f));
+    case proto::Op::req: return on_req(std::get<proto::Req>(f), r);
+    case proto::Op::ping: {
+      std::lock_guard lk(out_mu_);
+      std::string frame;
+      proto::encode_framed(proto::Pong{}, frame);
+      out_buf_ += frame;  // control frames bypass the bound: they are tiny and keep the link alive
+      return;
+    }
+    case proto::Op::pong: return;
+    case proto::Op::ack:
+      return send_err(Code::not_supported, "durable consumption (ACK) is not supported by this gateway", 14,
+                      std::get<proto::Ack>(f).sid);
+    case proto::Op::nak:
+      return send_err(Code::not_supported, "durable consumption (NAK) is not supported by this gateway", 15,
+                      std::get<proto::Nak>(f).sid);
+    case proto::Op::credit:
+      return send_err(Code::not_supported, "credit flow control is not supported by this gateway", 16,
+                      std::get<proto::Credit>(f).sid);
+    default: return;
+  }
+}
+
+void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
+  if (r.code != Code::ok) return fatal(r.code, r.detail);
+  if (std::find(h.versions.begin(), h.versions.end(), proto::kProtocolVersion) == h.versions.end())
+    return fatal(Code::unsupported_version, "this gateway speaks protocol versions [1]");
+  const auto* method = h.auth.get("method");
+  if (!method || method->type != proto::mp::Type::str)
+    return fatal(Code::auth_method_unsupported, "auth.method is missing; this gateway supports \"token\"");
+  if (method->s != "token")
+    return fatal(Code::auth_method_unsupported,
+                 "auth method '" + std::string(method->s.substr(0, 32)) + "' is not supported; use \"token\"");
+  const auto* token = h.auth.get("token");
+  if (!token || token->type != proto::mp::Type::str) return fatal(Code::auth_failed, "auth.token is missing");
+  auto auth = server_.registry().authenticate(token->s);
+  if (!auth) return fatal(Code::auth_failed, "the token was not accepted");
+  if (server_.draining()) return fatal(Code::shutting_down, "the gateway is shutting down");
+  if (!auth->tenant->try_acquire_connection())
+    return fatal(Code::too_many_connections, "tenant '" + auth->tenant->name() + "' reached its connection limit");
+  counted_connection_ = true;
+  tenant_ = auth->tenant;
+  token_digest_ = std::move(auth->digest);
+  const TenantConfig& c = cfg();
+  if (h.name) client_name_ = std::string(h.name->substr(0, 128));
+
+  const auto& gc = server_.config();
+  max_payload_ = c.limits.max_payload;
+  max_frame_ = max_payload_ + kFrameOverhead;
+  heartbeat_ms_ = gc.heartbeat_ms;
+  if (const auto* hb = h.opts.get("heartbeat_ms"); hb && hb->type == proto::mp::Type::uint && hb->u > 0)
+    heartbeat_ms_ = static_cast<uint32_t>(std::clamp<uint64_t>(hb->u, gc.min_heartbeat_ms, gc.heartbeat_ms));
+  transport_->set_max_frame(max_frame_);
+
+  proto::Welcome w;
+  w.version = proto::kProtocolVersion;
+  w.session_id = session_id_;
+  w.node_id = server_.node_id();
+  w.tenant = tenant_->name();
+  w.limits.type = proto::mp::Type::map;
+  auto add = [&](std::string_view k, uint64_t v) {
+    proto::mp::Value val;
+    val.type = proto::mp::Type::uint;
+    val.u = v;
+    w.limits.map.emplace_back(k, std::move(val));
+  };
+  add("max_frame", max_frame_);
+  add("max_payload", max_payload_);
+  add("heartbeat_ms", heartbeat_ms_);
+  add("max_subs", c.limits.max_subscriptions);
+  add("max_inflight", c.limits.max_inflight_requests);
+  add("max_pending", max_pending_);
+  add("request_timeout_ms", gc.request_timeout_ms);
+  add("max_timeout_ms", gc.max_request_timeout_ms);
+  send_frame(w);
+  handshake_timer_.cancel();
+  state_ = State::open;
+  spdlog::info("connection open session={} tenant={} transport={} remote={} name={}", session_id_, tenant_->name(),
+               transport_kind_, remote_, client_name_);
+  arm_heartbeat();
+}
+
+void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
+  msgs_in_.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t ref = p.ack;
+  if (r.code != Code::ok) return send_err(r.code, r.detail, 3, ref);
+  if (p.payload.size() > max_payload_)
+    return send_err(Code::payload_too_large,
+                    "payload of " + std::to_string(p.payload.size()) + " bytes is above max_payload " +
+                        std::to_string(max_payload_),
+                    3, ref);
+  const TenantConfig& c = cfg();
+  auto msg = std::make_shared<BusMessage>();
+  bool granted = false;
+  {
+    std::lock_guard lk(out_mu_);
+    auto it = grants_.find(std::string(p.subject));
+    if (it != grants_.end()) {
+      msg->subject = std::move(it->second);  // a reply to a message this connection received
+      grants_.erase(it);
+      granted = true;
+    }
+  }
+  if (!granted) {
+    if (!subject_allowed(c.permissions.publish, p.subject))
+      return send_err(Code::permission_denied, "publish to '" + std::string(p.subject) + "' is not permitted", 3, ref);
+    msg->subject = map_outbound(c, p.subject).bus_subject;
+  }
+  if (!tenant_->try_publish(p.payload.size()))
+    return send_err(Code::rate_limited, "tenant publish rate exceeded; message dropped", 3, ref);
+  if (p.reply_to) msg->reply_to = c.prefix + std::string(*p.reply_to);
+  msg->headers = encode_headers_with_tenant(p.headers);
+  msg->payload.assign(p.payload);
+  tenant_->msgs_in.fetch_add(1, std::memory_order_relaxed);
+  tenant_->bytes_in.fetch_add(p.payload.size(), std::memory_order_relaxed);
+  const Code rc = server_.bus().publish(std::move(msg));
+  if (rc != Code::ok) return send_err(rc, "the bus did not accept the message", 3, ref);
+  if (ref) send_ok(3, ref);
+}
+
+void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
+  if (r.code != Code::ok) return send_err(r.code, r.detail, 4, s.sid);
+  if (s.opts.type == proto::mp::Type::map) {
+    for (const char* k : {"durable", "ack", "max_inflight", "deliver", "flow"})
+      if (const auto* v = s.opts.get(k); v && !v->is_nil())
+        return send_err(Code::not_supported,
+                        std::string("subscription option '") + k + "' (durable consumption) is not supported", 4,
+                        s.sid);
+  }
+  if (subs_.count(s.sid)) return send_err(Code::sid_in_use, "sid " + std::to_string(s.sid) + " is in use", 4, s.sid);
+  const TenantConfig& c = cfg();
+  if (subs_.size() >= c.limits.max_subscriptions)
+    return send_err(Code::too_many_subscriptions,
+                    "the connection has " + std::to_string(subs_.size()) + " subscriptions (the limit)", 4, s.sid);
+  const RuleCheck rc = subscription_allowed(c.permissions.subscribe, s.subject);
+  if (!rc.allowed)
+    return send_err(Code::permission_denied, "subscribe to '" + std::string(s.subject) + "' is not permitted", 4,
+                    s.sid);
+  auto st = std::make_shared<SubState>();
+  st->sid = s.sid;
+  st->subject = s.subject;
+  st->queue = s.queue ? std::string(*s.queue) : std::string{};
+  st->mapping = map_subscription(c, s.subject);
+  st->own_prefix = c.prefix;
+  st->filter = rc.needs_filter;
+  if (st->filter) st->deny = c.permissions.subscribe.deny;
+  std::weak_ptr<Session> weak = weak_from_this();
+  st->bus_id = server_.bus().subscribe(st->mapping.bus_subject, st->queue, [weak, st](const BusMessagePtr& m) {
+    if (!st->live.load(std::memory_order_acquire)) return;
+    if (auto self = weak.lock()) self->deliver(*st, m);
+  });
+  subs_.emplace(s.sid, st);
+  sub_count_.store(subs_.size(), std::memory_order_relaxed);
+  send_ok(4, s.sid);
+}
+
+void Session::on_unsub(const proto::Unsub& u) {
+  auto it = subs_.find(u.sid);
+  if (it == subs_.end()) return;  // idempotent
+  if (u.max_msgs == 0) return remove_sub(u.sid);
+  it->second->remaining.store(u.max_msgs);
+}
+
+void Session::remove_sub(uint32_t sid) {
+  auto it = subs_.find(sid);
+  if (it == subs_.end()) return;
+  it->second->live.store(false, std::memory_order_release);
+  server_.bus().unsubscribe(it->second->bus_id);
+  subs_.erase(it);
+  sub_count_.store(subs_.size(), std::memory_order_relaxed);
+}
+
+void Session::on_req(const proto::Req& q, const proto::DecodeResult& r) {
+  msgs_in_.fetch_add(1, std::memory_order_relaxed);
+  if (r.code != Code::ok) return send_res(q.req_id, r.code, r.detail);
+  if (inflight_.count(q.req_id))
+    return send_res(q.req_id, Code::duplicate_request_id, "req_id " + std::to_string(q.req_id) + " is in flight");
+  if (q.payload.size() > max_payload_)
+    return send_res(q.req_id, Code::payload_too_large,
+                    "payload of " + std::to_string(q.payload.size()) + " bytes is above max_payload");
+  const TenantConfig& c = cfg();
+  if (!subject_allowed(c.permissions.request, q.subject))
+    return send_res(q.req_id, Code::permission_denied, "request to '" + std::string(q.subject) + "' is not permitted");
+  if (!tenant_->try_acquire_request())
+    return send_res(q.req_id, Code::too_many_requests,
+                    "tenant '" + tenant_->name() + "' has " + std::to_string(c.limits.max_inflight_requests) +
+                        " requests in flight (the limit)");
+  const auto& gc = server_.config();
+  uint64_t timeout = q.timeout_ms ? q.timeout_ms : gc.request_timeout_ms;
+  timeout = std::min<uint64_t>(timeout, gc.max_request_timeout_ms);
+  auto msg = std::make_shared<BusMessage>();
+  msg->subject = map_outbound(c, q.subject).bus_subject;
+  msg->headers = encode_headers_with_tenant(q.headers);
+  msg->payload.assign(q.payload);
+  tenant_->msgs_in.fetch_add(1, std::memory_order_relaxed);
+  tenant_->bytes_in.fetch_add(q.payload.size(), std::memory_order_relaxed);
+  server_.metrics().requests_total.fetch_add(1, std::memory_order_relaxed);
+  server_.metrics().requests_inflight.fetch_add(1, std::memory_order_relaxed);
+
+  auto inf = std::make_unique<Inflight>(ex_);
+  inf->started = Clock::now();
+  auto* raw = inf.get();
+  inflight_.emplace(q.req_id, std::move(inf));
+  inflight_count_.store(inflight_.size(), std::memory_order_relaxed);
+  const uint32_t req_id = q.req_id;
+  std::weak_ptr<Session> weak = weak_from_this();
+  // The token is filled in below; the reply callback always runs later, on this executor.
+  auto token_holder = std::make_shared<uint64_t>(0);
+  raw->token = server_.bus().request(msg, [weak, req_id, token_holder, ex = ex_](Code st, const BusMessagePtr& m) {
+    asio::post(ex, [weak, req_id, token_holder, st, m] {
+      if (auto self = weak.lock()) self->on_bus_reply(req_id, *token_holder, st, m);
+    });
+  });
+  *token_holder = raw->token;
+  raw->timer.expires_after(std::chrono::milliseconds(timeout));
+  raw->timer.async_wait([weak, req_id, token = raw->token, timeout](const boost::system::error_code& ec) {
+    if (ec) return;
+    auto self = weak.lock();
+    if (!self) return;
+    auto it = self->inflight_.find(req_id);
+    if (it == self->inflight_.end() || it->second->token != token) return;
+    self->server_.bus().cancel_request(token);
+    self->send_res(req_id, Code::request_timeout, "no reply within " + std::to_string(timeout) + " ms");
+    self->finish_request(req_id);
+    self->flush();
+  });
+}
+
+void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const BusMessagePtr& m) {
+  auto it = inflight_.find(req_id);
+  if (it == inflight_.end() || it->second->token != token) return;  // timed out or cancelled
+  const auto started = it->second->started;
+  if (status == Code::ok && m) {
+    std::string frame;
+    proto::encode_res_framed(frame, req_id, 0, m->payload, m->headers);
+    std::lock_guard lk(out_mu_);
+    if (admit_locked(frame.size())) {
+      out_buf_ += frame;
+      msgs_out_.fetch_add(1, std::memory_order_relaxed);
+      bytes_out_.fetch_add(frame.size(), std::memory_order_relaxed);
+    }
+  } else {
+    send_res(req_id, status,
+             status == Code::no_responders ? "no responders are subscribed to the request subject"
+                                           : "the bus is unavailable");
+  }
+  server_.metrics().observe_latency_us(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count()));
+  finish_request(req_id);
+  flush();
+}
+
+void Session::finish_request(uint32_t req_id) {
+  auto it = inflight_.find(req_id);
+  if (it == inflight_.end()) return;
+  it->second->timer.cancel();
+  inflight_.erase(it);
+  inflight_count_.store(inflight_.size(), std::memory_order_relaxed);
+  tenant_->release_request();
+  server_.metrics().requests_inflight.fetch_sub(1, std::memory_order_relaxed);
+  maybe_finish_drain();
+}
+
+// ---------------------------------------------------------------- outbound
+
+std::string Session::encode_headers_with_tenant(const proto::Headers& h) const {
+  std::string out;
+  proto::mp::Writer w(out);
+  w.map_header(static_cast<uint32_t>(h.size() + 1));
+  for (const auto& e : h) {
+    w.str(e.key);
+    w.str(e.value);
+  }
+  w.str(proto::kTenantHeader);
+  w.str(tenant_->name());
+  return out;
+}
+
+std::string Session::map_reply_locked(const std::string& bus_reply, const std::string& prefix) {
+  if (bus_reply.empty()) return {};
+  if (!prefix.empty() && bus_reply.starts_with(prefix)) return bus_reply.substr(prefix.size());
+  std::string visible = bus_reply.starts_with(kInbox) ? bus_reply : "_INBOX.gw." + std::to_string(++grant_seq_);
+  if (grants_.emplace(visible, bus_reply).second) {
+    grant_order_.push_back(visible);
+    if (grant_order_.size() > kMaxGrants) {
+      grants_.erase(grant_order_.front());
+      grant_order_.pop_front();
+    }
+  }
+  return visible;
+}
+
+void Session::deliver(SubState& sub, const BusMessagePtr& m) {
+  auto subject = map_back(sub.mapping, m->subject);
+  if (!subject) return;
+  if (sub.filter) {
+    for (const auto& d : sub.deny)
+      if (proto::subject_matches(d, *subject)) return;
+  }
+  bool last = false;
+  if (sub.remaining.load(std::memory_order_relaxed) != 0) {
+    const uint64_t before = sub.remaining.fetch_sub(1);
+    if (before == 0) return;  // raced past the limit
+    last = before == 1;
+    if (last) sub.live.store(false);
+  }
+  {
+    std::lock_guard lk(out_mu_);
+    if (state_.load() == State::closed || closing_) return;
+    const std::string reply = map_reply_locked(m->reply_to, sub.own_prefix);
+    const size_t before = out_buf_.size();
+    proto::encode_msg_framed(out_buf_, sub.sid, *subject, m->payload, m->headers, reply);
+    const size_t n = out_buf_.size() - before;
+    if (n > max_frame_ + 4 || !admit_locked(0)) {
+      out_buf_.resize(before);
+    } else {
+      msgs_out_.fetch_add(1, std::memory_order_relaxed);
+      bytes_out_.fetch_add(n, std::memory_order_relaxed);
+      tenant_->msgs_out.fetch_add(1, std::memory_order_relaxed);
+      tenant_->bytes_out.fetch_add(m->payload.size(), std::memory_order_relaxed);
+      schedule_flush_locked();
+    }
+  }
+  if (last) {
+    const uint32_t sid = sub.sid;
+    asio::post(ex_, [self = shared_from_this(), sid] { self->remove_sub(sid); });
+  }
+}
+
+bool Session::admit_locked(size_t extra) {
+  const size_t pending = out_buf_.size() + (writing_ ? write_buf_.size() : 0) + extra;
+  if (pending > max_pending_) {
+    if (!slow_) {
+      slow_ = true;
+      server_.metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
+      asio::post(ex_, [self = shared_from_this()] {
+        self->fatal(Code::slow_consumer, "the client did not read fast enough: outbound queue passed " +
+                                             std::to_string(self->max_pending_) + " bytes");
+      });
+    }
+    return false;
+  }
+  if (!warned_ && pending > max_pending_ / 2) {
+    warned_ = true;
+    proto::encode_err_framed(out_buf_, Code::slow_consumer_warning,
+                             "outbound queue passed half of " + std::to_string(max_pending_) + " bytes");
+    server_.metrics().count_error(Code::slow_consumer_warning);
+  }
+  return true;
+}
+
+void Session::send_frame(const proto::Frame& f) {
+  std::lock_guard lk(out_mu_);
+  proto::encode_framed(f, out_buf_);
+}
+
+void Session::send_err(Code code, std::string_view message, uint64_t ref_op, uint64_t ref_id) {
+  server_.metrics().count_error(code);
+  std::lock_guard lk(out_mu_);
+  proto::encode_err_framed(out_buf_, code, message, ref_op, ref_id);
+}
+
+void Session::send_ok(uint64_t ref_op, uint64_t ref_id) {
+  std::lock_guard lk(out_mu_);
+  proto::encode_ok_framed(out_buf_, ref_op, ref_id);
+}
+
+void Session::send_res(uint32_t req_id, Code status, std::string_view message) {
+  server_.metrics().count_error(status);
+  std::lock_guard lk(out_mu_);
+  proto::encode_res_framed(out_buf_, req_id, static_cast<uint64_t>(status), message, {});
+}
+
+void Session::schedule_flush_locked() {
+  if (flush_posted_ || writing_) return;
+  flush_posted_ = true;
+  asio::post(ex_, [self = shared_from_this()] { self->flush(); });
+}
+
+void Session::flush() {
+  std::unique_lock lk(out_mu_);
+  flush_posted_ = false;
+  if (writing_ || !transport_) return;
+  if (out_buf_.empty()) {
+    if (closing_) {
+      lk.unlock();
+      close_transport();
+    }
+    return;
+  }
+  std::swap(out_buf_, write_buf_);
+  out_buf_.clear();
+  writing_ = true;
+  lk.unlock();
+  transport_->write(write_buf_, [self = shared_from_this()](bool ok) { self->on_write(ok); });
+}
+
+void Session::on_write(bool ok) {
+  {
+    std::lock_guard lk(out_mu_);
+    writing_ = false;
+    write_buf_.clear();
+    if (write_buf_.capacity() > 4 * 1024 * 1024) write_buf_.shrink_to_fit();
+    if (out_buf_.size() < max_pending_ / 4) warned_ = false;
+  }
+  if (!ok) return close_transport();
+  flush();
+}
+
+void Session::fatal(Code code, std::string_view message) {
+  if (state_.load() == State::closed || closing_) return;
+  server_.metrics().count_error(code);
+  if (close_reason_.empty()) close_reason_ = std::string(proto::code_name(code)) + ": " + std::string(message);
+  {
+    std::lock_guard lk(out_mu_);
+    if (code == Code::slow_consumer) out_buf_.clear();  // what was queued will never be read in time
+    proto::encode_err_framed(out_buf_, code, message);
+    closing_ = true;
+  }
+  handshake_timer_.cancel();
+  heartbeat_timer_.cancel();
+  drain_timer_.cancel();
+  flush();
+}
+
+void Session::fail(Code code, std::string message) {
+  fatal(code, message);
+}
+
+void Session::close_transport() {
+  if (transport_) transport_->close();
+}
+
+void Session::on_closed(std::string reason) {
+  if (state_.exchange(State::closed) == State::closed) return;
+  transport_ = nullptr;
+  if (close_reason_.empty()) close_reason_ = std::move(reason);
+  cleanup();
+  server_.metrics().connections_closed.fetch_add(1, std::memory_order_relaxed);
+  spdlog::info("connection closed session={} tenant={} transport={} remote={} reason=\"{}\"", session_id_,
+               tenant_ ? tenant_->name() : "-", transport_kind_, remote_, close_reason_);
+  server_.remove_session(id_);
+}
+
+void Session::cleanup() {
+  handshake_timer_.cancel();
+  heartbeat_timer_.cancel();
+  drain_timer_.cancel();
+  for (auto& [sid, st] : subs_) {
+    st->live.store(false, std::memory_order_release);
+    server_.bus().unsubscribe(st->bus_id);
+  }
+  subs_.clear();
+  for (auto& [req_id, inf] : inflight_) {
+    inf->timer.cancel();
+    server_.bus().cancel_request(inf->token);
+    tenant_->release_request();
+    server_.metrics().requests_inflight.fetch_sub(1, std::memory_order_relaxed);
+  }
+  inflight_.clear();
+  if (counted_connection_) {
+    tenant_->release_connection();
+    counted_connection_ = false;
+  }
+  std::lock_guard lk(out_mu_);
+  out_buf_.clear();
+  out_buf_.shrink_to_fit();
+  grants_.clear();
+  grant_order_.clear();
+}
+
+// ---------------------------------------------------------------- timers and server requests
+
+void Session::arm_handshake_timer() {
+  handshake_timer_.expires_after(std::chrono::milliseconds(server_.config().handshake_timeout_ms));
+  handshake_timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
+    if (ec) return;
+    if (auto self = weak.lock(); self && self->state_ == State::handshake)
+      self->fatal(Code::handshake_timeout, "no HELLO within " +
+                                               std::to_string(self->server_.config().handshake_timeout_ms) + " ms");
+  });
+}
+
+void Session::arm_heartbeat() {
+  heartbeat_timer_.expires_after(std::chrono::milliseconds(heartbeat_ms_));
+  heartbeat_timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
+    if (ec) return;
+    auto self = weak.lock();
+    if (!self || self->state_ == State::closed || self->closing_) return;
+    if (!self->rx_since_tick_) {
+      if (self->ping_outstanding_)
+        return self->fatal(Code::idle_timeout, "nothing received for " + std::to_string(2 * self->heartbeat_ms_) + " ms");
+      self->ping_outstanding_ = true;
+      self->send_frame(proto::Ping{});
+      self->flush();
+    }
+    self->rx_since_tick_ = false;
+    self->arm_heartbeat();
+  });
+}
+
+void Session::goaway(uint32_t delay_ms) {
+  asio::post(ex_, [self = shared_from_this(), delay_ms] {
+    const State st = self->state_.load();
+    if (st == State::closed || self->closing_) return;
+    if (st == State::handshake) return self->fatal(Code::shutting_down, "the gateway is shutting down");
+    self->state_ = State::draining;
+    proto::Goaway g;
+    g.delay_ms = delay_ms;
+    g.reason = "the gateway is draining; reconnect";
+    self->send_frame(g);
+    self->flush();
+    self->drain_timer_.expires_after(std::chrono::milliseconds(delay_ms));
+    self->drain_timer_.async_wait([weak = self->weak_from_this()](const boost::system::error_code& ec) {
+      if (ec) return;
+      if (auto s = weak.lock()) {
+        s->drain_delay_passed_ = true;
+        s->maybe_finish_drain();
+      }
+    });
+  });
+}
+
+void Session::maybe_finish_drain() {
+  if (state_ == State::draining && drain_delay_passed_ && inflight_.empty())
+    fatal(Code::shutting_down, "the gateway is shutting down; reconnect to another node");
+}
+
+void Session::shutdown(Code code, std::string message) {
+  asio::post(ex_, [self = shared_from_this(), code, message = std::move(message)] { self->fatal(code, message); });
+}
+
+void Session::recheck_auth() {
+  asio::post(ex_, [self = shared_from_this()] {
+    if (!self->tenant_ || self->state_ == State::closed) return;
+    if (!self->server_.registry().still_valid(*self->tenant_, self->token_digest_))
+      self->fatal(Code::auth_revoked, "the credentials of this connection were revoked");
+  });
+}
+
+Session::Info Session::info() const {
+  Info i;
+  i.id = id_;
+  i.session_id = session_id_;
+  i.tenant = tenant_ ? tenant_->name() : "";
+  i.transport = transport_kind_;
+  i.remote = remote_;
+  i.name = client_name_;
+  i.state = state_name(state_.load());
+  i.subscriptions = sub_count_.load(std::memory_order_relaxed);
+  i.inflight = inflight_count_.load(std::memory_order_relaxed);
+  i.msgs_in = msgs_in_.load();
+  i.msgs_out = msgs_out_.load();
+  i.bytes_in = bytes_in_.load();
+  i.bytes_out = bytes_out_.load();
+  std::lock_guard lk(out_mu_);
+  i.pending_bytes = out_buf_.size() + write_buf_.size();
+  return i;
+}
+
+}  // namespace busgate::gw

@@ -1,0 +1,140 @@
+#pragma once
+// The one busgate protocol state machine, shared by every transport.
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "busgate/protocol/codec.hpp"
+#include "bus.hpp"
+#include "tenancy.hpp"
+#include "transport.hpp"
+
+namespace busgate::gw {
+
+class Server;
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  enum class State { handshake, open, draining, closed };
+
+  Session(Server& server, boost::asio::any_io_executor ex, uint64_t id);
+  ~Session();
+
+  // Transport → Session (on the connection's executor).
+  void attach(Transport* t);
+  void on_frame(std::string_view body);
+  void on_batch_end() { flush(); }
+  // A fatal protocol error found by the transport (oversized length, not busgate, bad WS message).
+  void fail(proto::Code code, std::string message);
+  // The transport is gone (peer closed, I/O error, or after close()).
+  void on_closed(std::string reason);
+
+  // Server → Session (any thread; they post to the executor).
+  void goaway(uint32_t delay_ms);
+  void shutdown(proto::Code code, std::string message);  // fatal ERR and close
+  void recheck_auth();                                   // after a reload
+
+  // Introspection for the admin API and metrics (thread-safe snapshots).
+  struct Info {
+    uint64_t id;
+    std::string session_id, tenant, transport, remote, name, state;
+    size_t subscriptions, inflight;
+    uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
+    size_t pending_bytes;
+  };
+  Info info() const;
+  uint64_t id() const { return id_; }
+  State state() const { return state_.load(); }
+
+ private:
+  struct SubState;
+  struct Inflight;
+
+  void handle(const proto::Frame& f, const proto::DecodeResult& r);
+  void on_hello(const proto::Hello& h, const proto::DecodeResult& r);
+  void on_pub(const proto::Pub& p, const proto::DecodeResult& r);
+  void on_sub(const proto::Sub& s, const proto::DecodeResult& r);
+  void on_unsub(const proto::Unsub& u);
+  void on_req(const proto::Req& q, const proto::DecodeResult& r);
+  void on_bus_reply(uint32_t req_id, uint64_t token, proto::Code status, const BusMessagePtr& reply);
+  void finish_request(uint32_t req_id);
+  void remove_sub(uint32_t sid);
+
+  // Outbound (any thread): encode into the queue under out_mu_, then make sure a flush is coming.
+  void deliver(SubState& sub, const BusMessagePtr& m);
+  void send_err(proto::Code code, std::string_view message, uint64_t ref_op = 0, uint64_t ref_id = 0);
+  void send_ok(uint64_t ref_op, uint64_t ref_id);
+  void send_res(uint32_t req_id, proto::Code status, std::string_view message);
+  void send_frame(const proto::Frame& f);
+  // Checks the outbound bound for `extra` more bytes; false (and the slow-consumer policy applied)
+  // when the frame must be dropped. Caller holds out_mu_.
+  bool admit_locked(size_t extra);
+  void schedule_flush_locked();
+  void flush();
+  void on_write(bool ok);
+  void fatal(proto::Code code, std::string_view message);
+  void close_transport();
+  void cleanup();
+
+  const TenantConfig& cfg();  // refreshed when the tenant's configuration was reloaded
+  std::string encode_headers_with_tenant(const proto::Headers& h) const;
+  // Maps a bus reply subject to what the client sees; grants the ones outside the tenant namespace.
+  std::string map_reply_locked(const std::string& bus_reply, const std::string& own_prefix);
+  void arm_handshake_timer();
+  void arm_heartbeat();
+  void maybe_finish_drain();
+
+  Server& server_;
+  boost::asio::any_io_executor ex_;
+  uint64_t id_;
+  std::string session_id_;
+  Transport* transport_ = nullptr;
+  std::string transport_kind_ = "tcp";
+  std::string remote_;
+  std::atomic<State> state_{State::handshake};
+  std::string client_name_;
+  std::string close_reason_;
+
+  std::shared_ptr<TenantState> tenant_;
+  std::shared_ptr<const TenantConfig> cfg_;
+  uint64_t cfg_gen_ = 0;
+  std::string token_digest_;
+  bool counted_connection_ = false;
+
+  size_t max_frame_ = proto::kPreHandshakeMaxFrame;
+  size_t max_payload_ = proto::kDefaultMaxPayload;
+  uint32_t heartbeat_ms_ = 0;
+  bool rx_since_tick_ = false;
+  bool ping_outstanding_ = false;
+  boost::asio::steady_timer handshake_timer_;
+  boost::asio::steady_timer heartbeat_timer_;
+  boost::asio::steady_timer drain_timer_;
+  bool drain_delay_passed_ = false;
+
+  std::unordered_map<uint32_t, std::shared_ptr<SubState>> subs_;
+  std::unordered_map<uint32_t, std::unique_ptr<Inflight>> inflight_;
+
+  mutable std::mutex out_mu_;
+  std::string out_buf_;      // frames waiting to be written
+  std::string write_buf_;    // frames being written
+  bool writing_ = false;
+  bool flush_posted_ = false;
+  bool closing_ = false;     // a fatal ERR is queued: write it, then close
+  bool slow_ = false;
+  bool warned_ = false;
+  size_t max_pending_;
+  std::unordered_map<std::string, std::string> grants_;  // visible reply subject → bus subject
+  std::deque<std::string> grant_order_;
+  uint64_t grant_seq_ = 0;
+
+  std::atomic<size_t> sub_count_{0}, inflight_count_{0};
+  std::atomic<uint64_t> msgs_in_{0}, msgs_out_{0}, bytes_in_{0}, bytes_out_{0};
+};
+
+}  // namespace busgate::gw

@@ -1,0 +1,108 @@
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <map>
+#include <thread>
+
+#include "memory_bus.hpp"
+
+using namespace busgate::gw;
+using busgate::proto::Code;
+
+namespace {
+BusMessagePtr msg(std::string subject, std::string payload = "x") {
+  auto m = std::make_shared<BusMessage>();
+  m->subject = std::move(subject);
+  m->payload = std::move(payload);
+  return m;
+}
+}  // namespace
+
+TEST_CASE("trie matching with wildcards", "[bus]") {
+  MemoryBus bus("n1");
+  std::map<std::string, int> got;
+  auto sub = [&](const std::string& s) { return bus.subscribe(s, "", [&got, s](const BusMessagePtr&) { got[s]++; }); };
+  sub("a.b");
+  sub("a.*");
+  sub("a.>");
+  sub(">");
+  sub("*.b");
+  const auto id = sub("x.y");
+  bus.publish(msg("a.b"));
+  CHECK(got == std::map<std::string, int>{{"a.b", 1}, {"a.*", 1}, {"a.>", 1}, {">", 1}, {"*.b", 1}});
+  got.clear();
+  bus.publish(msg("a.b.c"));
+  CHECK(got == std::map<std::string, int>{{"a.>", 1}, {">", 1}});
+  got.clear();
+  bus.unsubscribe(id);
+  bus.publish(msg("x.y"));
+  CHECK(got == std::map<std::string, int>{{">", 1}});
+  CHECK(bus.stats().subscriptions == 5);
+}
+
+TEST_CASE("fan-out shares one payload", "[bus]") {
+  MemoryBus bus("n1");
+  std::vector<const BusMessage*> seen;
+  for (int i = 0; i < 5; ++i) bus.subscribe("f", "", [&](const BusMessagePtr& m) { seen.push_back(m.get()); });
+  bus.publish(msg("f"));
+  REQUIRE(seen.size() == 5);
+  for (auto* p : seen) CHECK(p == seen[0]);
+}
+
+TEST_CASE("queue groups deliver each message to exactly one member", "[bus]") {
+  MemoryBus bus("n1");
+  std::array<std::atomic<int>, 4> counts{};
+  for (int i = 0; i < 3; ++i) bus.subscribe("jobs.*", "workers", [&counts, i](const BusMessagePtr&) { counts[i]++; });
+  bus.subscribe("jobs.>", "", [&counts](const BusMessagePtr&) { counts[3]++; });
+  std::vector<std::thread> ths;
+  for (int t = 0; t < 4; ++t)
+    ths.emplace_back([&] {
+      for (int k = 0; k < 300; ++k) bus.publish(msg("jobs.x"));
+    });
+  for (auto& th : ths) th.join();
+  CHECK(counts[0] + counts[1] + counts[2] == 1200);
+  CHECK(counts[3] == 1200);
+  for (int i = 0; i < 3; ++i) CHECK(counts[i] > 0);
+}
+
+TEST_CASE("request/reply through the node inbox", "[bus]") {
+  MemoryBus bus("n1");
+  bus.subscribe("svc.echo", "", [&](const BusMessagePtr& m) {
+    auto r = std::make_shared<BusMessage>();
+    r->subject = m->reply_to;
+    r->payload = "re:" + m->payload;
+    bus.publish(r);
+  });
+  auto req = std::make_shared<BusMessage>();
+  req->subject = "svc.echo";
+  req->payload = "hi";
+  Code status = Code::internal_error;
+  std::string answer;
+  bus.request(req, [&](Code s, const BusMessagePtr& m) {
+    status = s;
+    if (m) answer = m->payload;
+  });
+  CHECK(status == Code::ok);
+  CHECK(answer == "re:hi");
+  CHECK(req->reply_to.starts_with("_INBOX.n1."));
+
+  auto none = std::make_shared<BusMessage>();
+  none->subject = "svc.nobody";
+  bus.request(none, [&](Code s, const BusMessagePtr&) { status = s; });
+  CHECK(status == Code::no_responders);
+}
+
+TEST_CASE("cancelled requests drop late replies", "[bus]") {
+  MemoryBus bus("n1");
+  std::string reply_to;
+  bus.subscribe("svc.slow", "", [&](const BusMessagePtr& m) { reply_to = m->reply_to; });
+  auto req = std::make_shared<BusMessage>();
+  req->subject = "svc.slow";
+  int calls = 0;
+  const auto token = bus.request(req, [&](Code, const BusMessagePtr&) { calls++; });
+  bus.cancel_request(token);
+  auto late = std::make_shared<BusMessage>();
+  late->subject = reply_to;
+  bus.publish(late);
+  CHECK(calls == 0);
+}
