@@ -72,7 +72,7 @@ struct GatewayConfig {
   uint32_t request_timeout_ms = 5000;
   uint32_t max_request_timeout_ms = 60000;
   uint32_t drain_timeout_ms = 10000;
-  uint32_t goaway_delay_ms = 1000;
+  uint32_t goaway_delay_ms = 5000;
   std::string admin_token_sha256;
   BusConfig bus;
   std::vector<TenantConfig> tenants;

@@ -20,6 +20,9 @@ namespace {
 constexpr size_t kMaxGrants = 4096;
 constexpr size_t kFrameOverhead = 65536;  // room for subject, headers and reply subject in a frame
 constexpr std::string_view kInbox = "_INBOX.";
+// After a fatal ERR is queued, the peer has this long to read what is queued before it; then the
+// connection is closed without waiting (a stalled peer must not hold the session forever).
+constexpr auto kFatalWriteGrace = std::chrono::seconds(5);
 
 std::string random_id() {
   static constexpr char kAlphabet[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -68,6 +71,7 @@ Session::Session(Server& server, asio::any_io_executor ex, uint64_t id)
       handshake_timer_(ex),
       heartbeat_timer_(ex),
       drain_timer_(ex),
+      close_timer_(ex),
       max_pending_(server.config().max_pending_bytes) {}
 
 Session::~Session() = default;
@@ -169,6 +173,9 @@ void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
   const auto& gc = server_.config();
   max_payload_ = c.limits.max_payload;
   max_frame_ = max_payload_ + kFrameOverhead;
+  // The client may ask for a smaller maximum (never below the pre-handshake one); it applies both ways.
+  if (const auto* mf = h.opts.get("max_frame"); mf && mf->type == proto::mp::Type::uint)
+    max_frame_ = std::clamp<size_t>(mf->u, proto::kPreHandshakeMaxFrame, max_frame_);
   heartbeat_ms_ = gc.heartbeat_ms;
   if (const auto* hb = h.opts.get("heartbeat_ms"); hb && hb->type == proto::mp::Type::uint && hb->u > 0)
     heartbeat_ms_ = static_cast<uint32_t>(std::clamp<uint64_t>(hb->u, gc.min_heartbeat_ms, gc.heartbeat_ms));
@@ -184,7 +191,7 @@ void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
     proto::mp::Value val;
     val.type = proto::mp::Type::uint;
     val.u = v;
-    w.limits.map.emplace_back(k, std::move(val));
+    w.limits.map.push_back({k, std::move(val)});
   };
   add("max_frame", max_frame_);
   add("max_payload", max_payload_);
@@ -213,17 +220,20 @@ void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
                     3, ref);
   const TenantConfig& c = cfg();
   auto msg = std::make_shared<BusMessage>();
-  bool granted = false;
-  {
-    std::lock_guard lk(out_mu_);
-    auto it = grants_.find(std::string(p.subject));
-    if (it != grants_.end()) {
-      msg->subject = std::move(it->second);  // a reply to a message this connection received
-      grants_.erase(it);
-      granted = true;
+  if (p.subject.starts_with(kInbox)) {
+    // A reply subject: allowed once for each message that carried it to this connection.
+    {
+      std::lock_guard lk(out_mu_);
+      if (auto it = grants_.find(std::string(p.subject)); it != grants_.end()) {
+        msg->subject = std::move(it->second);
+        grants_.erase(it);
+      }
     }
-  }
-  if (!granted) {
+    if (msg->subject.empty())
+      return send_err(Code::permission_denied,
+                      "'" + std::string(p.subject.substr(0, 64)) + "' is a reply subject this connection was not given",
+                      3, ref);
+  } else {
     if (!subject_allowed(c.permissions.publish, p.subject))
       return send_err(Code::permission_denied, "publish to '" + std::string(p.subject) + "' is not permitted", 3, ref);
     msg->subject = map_outbound(c, p.subject).bus_subject;
@@ -242,13 +252,12 @@ void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
 
 void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
   if (r.code != Code::ok) return send_err(r.code, r.detail, 4, s.sid);
-  if (s.opts.type == proto::mp::Type::map) {
-    for (const char* k : {"durable", "ack", "max_inflight", "deliver", "flow"})
-      if (const auto* v = s.opts.get(k); v && !v->is_nil())
-        return send_err(Code::not_supported,
-                        std::string("subscription option '") + k + "' (durable consumption) is not supported", 4,
-                        s.sid);
-  }
+  // Durable consumption (docs/protocol.md section 16) is reserved: this gateway implements no option.
+  if (s.opts.type == proto::mp::Type::map && !s.opts.map.empty())
+    return send_err(Code::not_supported,
+                    "subscription option '" + std::string(s.opts.map.front().first.substr(0, 32)) +
+                        "' is not supported by this gateway",
+                    4, s.sid);
   if (subs_.count(s.sid)) return send_err(Code::sid_in_use, "sid " + std::to_string(s.sid) + " is in use", 4, s.sid);
   const TenantConfig& c = cfg();
   if (subs_.size() >= c.limits.max_subscriptions)
@@ -355,8 +364,10 @@ void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const B
   if (status == Code::ok && m) {
     std::string frame;
     proto::encode_res_framed(frame, req_id, 0, m->payload, m->headers);
-    std::lock_guard lk(out_mu_);
-    if (admit_locked(frame.size())) {
+    if (frame.size() > max_frame_ + 4) {
+      send_res(req_id, Code::payload_too_large,
+               "the reply of " + std::to_string(frame.size() - 4) + " bytes is above max_frame");
+    } else if (std::lock_guard lk(out_mu_); admit_locked(frame.size())) {
       out_buf_ += frame;
       msgs_out_.fetch_add(1, std::memory_order_relaxed);
       bytes_out_.fetch_add(frame.size(), std::memory_order_relaxed);
@@ -380,7 +391,6 @@ void Session::finish_request(uint32_t req_id) {
   inflight_count_.store(inflight_.size(), std::memory_order_relaxed);
   tenant_->release_request();
   server_.metrics().requests_inflight.fetch_sub(1, std::memory_order_relaxed);
-  maybe_finish_drain();
 }
 
 // ---------------------------------------------------------------- outbound
@@ -400,8 +410,11 @@ std::string Session::encode_headers_with_tenant(const proto::Headers& h) const {
 
 std::string Session::map_reply_locked(const std::string& bus_reply, const std::string& prefix) {
   if (bus_reply.empty()) return {};
-  if (!prefix.empty() && bus_reply.starts_with(prefix)) return bus_reply.substr(prefix.size());
-  std::string visible = bus_reply.starts_with(kInbox) ? bus_reply : "_INBOX.gw." + std::to_string(++grant_seq_);
+  std::string visible;
+  if (bus_reply.starts_with(prefix)) visible = bus_reply.substr(prefix.size());  // the tenant's own subject
+  else if (bus_reply.starts_with(kInbox)) visible = bus_reply;                   // a gateway request inbox
+  else visible = "_INBOX.gw." + std::to_string(++grant_seq_);                     // opaque alias
+  if (!visible.starts_with(kInbox)) return visible;
   if (grants_.emplace(visible, bus_reply).second) {
     grant_order_.push_back(visible);
     if (grant_order_.size() > kMaxGrants) {
@@ -433,7 +446,15 @@ void Session::deliver(SubState& sub, const BusMessagePtr& m) {
     const size_t before = out_buf_.size();
     proto::encode_msg_framed(out_buf_, sub.sid, *subject, m->payload, m->headers, reply);
     const size_t n = out_buf_.size() - before;
-    if (n > max_frame_ + 4 || !admit_locked(0)) {
+    if (n > max_frame_ + 4) {
+      out_buf_.resize(before);
+      proto::encode_err_framed(out_buf_, Code::payload_too_large,
+                               "a message of " + std::to_string(n - 4) + " bytes on '" + subject->substr(0, 64) +
+                                   "' is above max_frame and was not delivered",
+                               4, sub.sid);
+      server_.metrics().count_error(Code::payload_too_large);
+      schedule_flush_locked();
+    } else if (!admit_locked(0)) {
       out_buf_.resize(before);
     } else {
       msgs_out_.fetch_add(1, std::memory_order_relaxed);
@@ -523,7 +544,7 @@ void Session::on_write(bool ok) {
     writing_ = false;
     write_buf_.clear();
     if (write_buf_.capacity() > 4 * 1024 * 1024) write_buf_.shrink_to_fit();
-    if (out_buf_.size() < max_pending_ / 4) warned_ = false;
+    if (out_buf_.empty()) warned_ = false;  // warn again only after the queue has emptied
   }
   if (!ok) return close_transport();
   flush();
@@ -535,13 +556,17 @@ void Session::fatal(Code code, std::string_view message) {
   if (close_reason_.empty()) close_reason_ = std::string(proto::code_name(code)) + ": " + std::string(message);
   {
     std::lock_guard lk(out_mu_);
-    if (code == Code::slow_consumer) out_buf_.clear();  // what was queued will never be read in time
     proto::encode_err_framed(out_buf_, code, message);
     closing_ = true;
   }
   handshake_timer_.cancel();
   heartbeat_timer_.cancel();
   drain_timer_.cancel();
+  close_timer_.expires_after(kFatalWriteGrace);
+  close_timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
+    if (ec) return;
+    if (auto self = weak.lock(); self && self->transport_) self->transport_->abort();
+  });
   flush();
 }
 
@@ -565,6 +590,7 @@ void Session::on_closed(std::string reason) {
 }
 
 void Session::cleanup() {
+  close_timer_.cancel();
   handshake_timer_.cancel();
   heartbeat_timer_.cancel();
   drain_timer_.cancel();
@@ -644,8 +670,16 @@ void Session::goaway(uint32_t delay_ms) {
 }
 
 void Session::maybe_finish_drain() {
-  if (state_ == State::draining && drain_delay_passed_ && inflight_.empty())
-    fatal(Code::shutting_down, "the gateway is shutting down; reconnect to another node");
+  if (state_ != State::draining || !drain_delay_passed_ || closing_) return;
+  // docs/protocol.md section 14: RES SHUTTING_DOWN for every REQ still in flight, then a fatal ERR.
+  std::vector<uint32_t> ids;
+  for (const auto& [req_id, inf] : inflight_) ids.push_back(req_id);
+  for (const uint32_t req_id : ids) {
+    server_.bus().cancel_request(inflight_[req_id]->token);
+    send_res(req_id, Code::shutting_down, "the gateway is shutting down; send the request again elsewhere");
+    finish_request(req_id);
+  }
+  fatal(Code::shutting_down, "the gateway is shutting down; reconnect to another node");
 }
 
 void Session::shutdown(Code code, std::string message) {

@@ -115,6 +115,7 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::steady_timer handshake_timer_;
   boost::asio::steady_timer heartbeat_timer_;
   boost::asio::steady_timer drain_timer_;
+  boost::asio::steady_timer close_timer_;  // bounds how long a fatal ERR may wait to be written
   bool drain_delay_passed_ = false;
 
   std::unordered_map<uint32_t, std::shared_ptr<SubState>> subs_;

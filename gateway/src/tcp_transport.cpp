@@ -56,7 +56,7 @@ void TcpTransport::on_read(const boost::system::error_code& ec, size_t n) {
         return reply_raw_and_close(proto::tls_alert_reply(), "NOT_BUSGATE: a TLS handshake on the plain TCP port");
       case proto::Sniff::foreign:
         server_.metrics().foreign_protocol_rejects.fetch_add(1);
-        session_->fail(Code::not_busgate, "the first bytes are not busgate framing (see docs/protocol.md)");
+        session_->fail(Code::not_busgate, "not busgate framing");
         return do_read();
       case proto::Sniff::busgate: sniffed_ = true; break;
     }
@@ -97,6 +97,13 @@ void TcpTransport::close() {
   if (closing_ && linger_started_) return;
   closing_ = true;
   linger();
+}
+
+void TcpTransport::abort() {
+  closing_ = true;
+  if (close_reason_.empty()) close_reason_ = "closed by gateway (peer not reading)";
+  boost::system::error_code ec;
+  socket_.close(ec);  // pending reads and writes fail; finish() runs from the read handler
 }
 
 // Half-close; the read loop drains until the peer closes, or the timer closes after a second.

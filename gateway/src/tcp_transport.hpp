@@ -23,6 +23,7 @@ class TcpTransport final : public Transport, public std::enable_shared_from_this
 
   void write(const std::string& frames, std::function<void(bool ok)> done) override;
   void close() override;
+  void abort() override;
   void set_max_frame(size_t max_frame) override { parser_.set_max_frame(max_frame); }
   const char* kind() const override { return "tcp"; }
   const std::string& remote() const override { return remote_; }

@@ -17,6 +17,8 @@ class Transport {
   virtual void write(const std::string& frames, std::function<void(bool ok)> done) = 0;
   // Closes after the writes already started (lingering briefly so the peer reads the last frame).
   virtual void close() = 0;
+  // Closes now, dropping whatever is not written yet (a peer that stopped reading).
+  virtual void abort() = 0;
   virtual void set_max_frame(size_t max_frame) = 0;
   virtual const char* kind() const = 0;  // "tcp", "tls", "ws", "ws-json"
   virtual const std::string& remote() const = 0;

@@ -45,10 +45,17 @@ class Closed(Exception):
 class RawClient:
     """A minimal busgate peer: raw frames over a socket, no client library."""
 
-    def __init__(self, addr, timeout=5.0):
-        self.sock = socket.create_connection(addr, timeout=timeout)
+    def __init__(self, addr, timeout=5.0, rcvbuf=None):
+        if rcvbuf:  # set before connecting so the TCP window is small from the start
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect(addr)
+        else:
+            self.sock = socket.create_connection(addr, timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
+        self.backlog = []
         self.welcome = None
 
     def send_raw(self, data: bytes):
@@ -73,6 +80,7 @@ class RawClient:
         self.buf += chunk
 
     def recv(self, timeout=5.0):
+        """The next frame off the socket (ignores the backlog)."""
         deadline = time.monotonic() + timeout
         while len(self.buf) < 4:
             self._fill(deadline)
@@ -82,17 +90,37 @@ class RawClient:
         body, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
         return msgpack.unpackb(body, raw=False)
 
-    def expect(self, op, timeout=5.0, skip=(PING,)):
-        """Next frame with this op; answers PINGs and skips ops in `skip` on the way."""
+    def expect(self, op, timeout=5.0):
+        """The next frame with this op. Frames of other ops received meanwhile are kept, in order, for
+        later expect() calls; PINGs are answered with PONG on the way."""
+        for i, f in enumerate(self.backlog):
+            if f[0] == op:
+                return self.backlog.pop(i)
+        deadline = time.monotonic() + timeout
         while True:
-            f = self.recv(timeout)
-            if f[0] == PING:
+            f = self.recv(max(0.0, deadline - time.monotonic()))
+            if f[0] == PING and op != PING:
                 self.send(PONG)
+                continue
             if f[0] == op:
                 return f
-            if f[0] in skip:
-                continue
-            raise AssertionError(f"expected op {op}, got {f!r}")
+            self.backlog.append(f)
+
+    def drain(self, op=None, quiet=0.3):
+        """Every frame (of `op`, if given) that arrives until the connection is quiet for `quiet` s."""
+        got = [f for f in self.backlog if op is None or f[0] == op]
+        self.backlog = [f for f in self.backlog if not (op is None or f[0] == op)]
+        while True:
+            try:
+                f = self.recv(quiet)
+            except TimeoutError:
+                return got
+            if f[0] == PING:
+                self.send(PONG)
+            elif op is None or f[0] == op:
+                got.append(f)
+            else:
+                self.backlog.append(f)
 
     def expect_err(self, name, timeout=5.0):
         f = self.expect(ERR, timeout)
@@ -126,7 +154,7 @@ class RawClient:
     def flush(self, timeout=5.0):
         """PING/PONG barrier: every frame sent before has been processed."""
         self.send(PING)
-        return self.expect(PONG, timeout, skip=())
+        return self.expect(PONG, timeout)
 
     def close(self):
         try:

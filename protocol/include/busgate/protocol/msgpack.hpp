@@ -38,6 +38,8 @@ class Writer {
 
 enum class Type { nil, boolean, uint, sint, float64, str, bin, array, map, ext, invalid, end };
 
+struct MapEntry;
+
 // A decoded msgpack value. Strings and binaries reference the input buffer (no copy).
 struct Value {
   Type type = Type::nil;
@@ -47,10 +49,15 @@ struct Value {
   double d = 0;
   std::string_view s;  // str, bin and ext bytes
   std::vector<Value> array;
-  std::vector<std::pair<std::string_view, Value>> map;  // keys are str (non-str keys are rejected)
+  std::vector<MapEntry> map;  // keys are str (non-str keys are rejected)
 
   bool is_nil() const { return type == Type::nil; }
   const Value* get(std::string_view key) const;
+};
+
+struct MapEntry {
+  std::string_view first;
+  Value second;
 };
 
 void write_value(Writer& w, const Value& v);

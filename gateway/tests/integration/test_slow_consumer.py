@@ -1,0 +1,61 @@
+"""A stalled consumer gets SLOW_CONSUMER_WARNING, then SLOW_CONSUMER and a close, and never slows
+a healthy consumer of the same messages."""
+import threading
+import time
+
+from conftest import ERR, MSG, Closed, E, RawClient
+
+CONFIG = """
+limits: {max_pending_bytes: 1048576}
+tenants: [{name: demo, tokens: [dev-token-1]}]
+"""
+
+
+def test_stalled_consumer_is_cut_off_and_fast_one_keeps_up(start_gateway, clients):
+    g = start_gateway(CONFIG)
+    stalled = RawClient(g.tcp, rcvbuf=4096)
+    stalled.hello("dev-token-1")
+    stalled.sub(1, "feed")
+    fast = clients(g.client("dev-token-1"))
+    fast.sub(1, "feed")
+    pub = clients(g.client("dev-token-1"))
+    n = 400
+    payload = b"x" * 65536  # 26 MB in all: far more than socket buffers and max_pending hold
+    received = []
+
+    def reader():
+        while len(received) < n:
+            f = fast.expect(MSG, timeout=10)
+            received.append(f[3])
+            caught_up.set()
+
+    caught_up = threading.Event()
+    t = threading.Thread(target=reader)
+    t.start()
+    t0 = time.monotonic()
+    for i in range(n):
+        pub.pub("feed", payload)
+        while i - len(received) > 4:  # pace the publisher to what a healthy reader takes
+            caught_up.wait(0.05)
+            caught_up.clear()
+    pub.flush(timeout=20)
+    t.join(30)
+    assert len(received) == n  # the healthy consumer got everything
+    assert not any(f[0] == ERR for f in fast.backlog)  # and was never warned
+    # now read what the stalled one was sent: a warning, then the fatal error, then the close
+    codes = []
+    frames = 0
+    try:
+        while True:
+            f = stalled.recv(timeout=5)
+            frames += 1
+            if f[0] == ERR:
+                codes.append(f[1])
+    except Closed:
+        pass
+    print("stalled client read", frames, "frames; errors", codes)
+    assert E["SLOW_CONSUMER_WARNING"] in codes
+    assert codes[-1] == E["SLOW_CONSUMER"]
+    stalled.close()
+    assert time.monotonic() - t0 < 30
+    g.wait_log(r"connection closed .*reason=\"SLOW_CONSUMER")
