@@ -5,7 +5,7 @@
     python3 conformance/vectors/generate.py --check  # exit 1 if the files on disk are stale
 
 Every case is written here as msgpack bytes plus what a decoder must make of them. Nothing is
-copied into the files on trust: a reference decoder (written from docs/wire-sheet.md) decodes every
+copied into the files on trust: a reference decoder (written from docs/protocol.md) decodes every
 case, and the script asserts that
   - an invalid case fails with exactly the expected error name;
   - a canonical case decodes to `decoded`, and encoding `decoded` back gives exactly `hex`;
