@@ -30,7 +30,7 @@ struct BusStats {
 class Bus {
  public:
   virtual ~Bus() = default;
-  // Returns an id for unsubscribe. `queue` empty for a plain subscription. After unsubscribe returns,
+  // Returns an id for unsubscribe (0: the bus refused). `queue` empty for a plain subscription. After unsubscribe returns,
   // a delivery already in progress may still call fn once; callers must tolerate that.
   virtual uint64_t subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) = 0;
   virtual void unsubscribe(uint64_t id) = 0;

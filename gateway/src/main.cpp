@@ -65,7 +65,8 @@ int main(int argc, char** argv) {
   setup_logging(cfg.log_format, cfg.log_level);
   (void)dev;
   try {
-    if (config_path.empty()) spdlog::info("dev mode: memory bus, tenant 'demo', token '{}'", kDevToken);
+    if (config_path.empty())
+      spdlog::info("dev mode: {} bus, tenant 'demo', token '{}'", cfg.bus.kind, kDevToken);
     Server server(cfg, config_path);
     return server.run();
   } catch (const std::exception& e) {

@@ -280,6 +280,7 @@ void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
     if (!st->live.load(std::memory_order_acquire)) return;
     if (auto self = weak.lock()) self->deliver(*st, m);
   });
+  if (st->bus_id == 0) return send_err(Code::bus_unavailable, "the bus refused the subscription", 4, s.sid);
   subs_.emplace(s.sid, st);
   sub_count_.store(subs_.size(), std::memory_order_relaxed);
   send_ok(4, s.sid);

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import ACK, CREDIT, ERR, HELLO, MSG, NAK, OK, PING, PONG, PUB, REQ, RES, SUB, UNSUB, WELCOME, E
+from rawgw import ACK, CREDIT, ERR, HELLO, MSG, NAK, OK, PING, PONG, PUB, REQ, RES, SUB, UNSUB, WELCOME, E
 
 
 def fatal(c, name):

@@ -3,7 +3,7 @@ import signal
 import subprocess
 import time
 
-from conftest import BINARY, ERR, GOAWAY, MSG, OK, PUB, REQ, RES, E, sha
+from rawgw import BINARY, ERR, GOAWAY, MSG, OK, PUB, REQ, RES, E, sha
 
 
 def test_help_lists_every_option():

@@ -1,5 +1,5 @@
 """Publish/subscribe through the real gateway on the memory bus, over raw TCP frames."""
-from conftest import ERR, MSG, OK, PUB, SUB, UNSUB, E
+from rawgw import ERR, MSG, OK, PUB, SUB, UNSUB, E
 
 
 def test_welcome_announces_limits(gw, clients):

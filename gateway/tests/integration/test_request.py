@@ -1,7 +1,7 @@
 """Request/reply through the gateway: replies, timeouts, no responders, the in-flight cap, imports."""
 import threading
 
-from conftest import ERR, MSG, PUB, REQ, RES, E, sha
+from rawgw import ERR, MSG, PUB, REQ, RES, E, sha
 
 SVC_CONFIG = f"""
 timeouts: {{request_ms: 300, max_request_ms: 2000}}

@@ -3,7 +3,7 @@ a healthy consumer of the same messages."""
 import threading
 import time
 
-from conftest import ERR, MSG, Closed, E, RawClient
+from rawgw import ERR, MSG, Closed, E, RawClient
 
 CONFIG = """
 limits: {max_pending_bytes: 1048576}

@@ -1,5 +1,5 @@
 """Two tenants on one gateway cannot see each other's traffic, whatever subjects they use."""
-from conftest import MSG, PUB, REQ, RES, E, sha
+from rawgw import MSG, PUB, REQ, RES, E, sha
 
 TWO_TENANTS = f"""
 tenants:

@@ -1,0 +1,1 @@
+"""Scenarios that need logic (timing, counting, several connections in a loop)."""

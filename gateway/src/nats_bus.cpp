@@ -1,0 +1,343 @@
+#include "nats_bus.hpp"
+
+#include <nats/nats.h>
+#include <spdlog/spdlog.h>
+
+#include <charconv>
+#include <stdexcept>
+
+#include "busgate/protocol/msgpack.hpp"
+#include "busgate/protocol/subject.hpp"
+
+namespace busgate::gw {
+
+using proto::Code;
+
+struct NatsBus::Interest {
+  NatsBus* bus = nullptr;
+  std::string subject;
+  std::string queue;
+  natsSubscription* sub = nullptr;
+  std::mutex mu;
+  std::vector<std::pair<uint64_t, std::shared_ptr<DeliverFn>>> locals;
+  std::atomic<uint64_t> rr{0};
+};
+
+namespace {
+
+constexpr int kPendingMsgs = 1000000;
+constexpr int kPendingBytes = 512 * 1024 * 1024;
+
+void check(natsStatus s, const std::string& what) {
+  if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED)
+    throw std::runtime_error("NATS: " + what + ": " + natsStatus_GetText(s));
+}
+
+void on_msg_cb(natsConnection*, natsSubscription*, natsMsg* m, void* closure) {
+  auto* in = static_cast<NatsBus::Interest*>(closure);
+  in->bus->on_message(*in, m);
+}
+
+void on_complete_cb(void* closure) { delete static_cast<NatsBus::Interest*>(closure); }
+
+void on_inbox_cb(natsConnection*, natsSubscription*, natsMsg* m, void* closure) {
+  static_cast<NatsBus*>(closure)->on_inbox(m);
+}
+
+void on_disconnected(natsConnection* nc, void* closure) {
+  static_cast<NatsBus*>(closure)->on_connection_event("disconnected", nc);
+}
+void on_reconnected(natsConnection* nc, void* closure) {
+  static_cast<NatsBus*>(closure)->on_connection_event("reconnected", nc);
+}
+void on_connected(natsConnection* nc, void* closure) {
+  static_cast<NatsBus*>(closure)->on_connection_event("connected", nc);
+}
+void on_error(natsConnection*, natsSubscription* sub, natsStatus err, void*) {
+  spdlog::warn("nats: asynchronous error: {}{}", natsStatus_GetText(err),
+               sub ? " (a subscription fell behind; messages were dropped)" : "");
+}
+
+// NATS headers → a msgpack map (first value of each key).
+std::string headers_of(natsMsg* m) {
+  const char** keys = nullptr;
+  int n = 0;
+  if (natsMsgHeader_Keys(m, &keys, &n) != NATS_OK || n == 0) return {};
+  std::string out;
+  proto::mp::Writer w(out);
+  std::vector<std::pair<const char*, const char*>> kv;
+  for (int i = 0; i < n; ++i) {
+    const char* v = nullptr;
+    if (natsMsgHeader_Get(m, keys[i], &v) == NATS_OK && v) kv.emplace_back(keys[i], v);
+  }
+  free(keys);
+  if (kv.empty()) return {};
+  w.map_header(static_cast<uint32_t>(kv.size()));
+  for (const auto& [k, v] : kv) {
+    w.str(k);
+    w.str(proto::is_valid_utf8(v) ? std::string_view(v) : std::string_view("?"));
+  }
+  return out;
+}
+
+BusMessagePtr to_bus_message(natsMsg* m) {
+  auto msg = std::make_shared<BusMessage>();
+  msg->subject = natsMsg_GetSubject(m);
+  if (const char* r = natsMsg_GetReply(m)) msg->reply_to = r;
+  msg->payload.assign(natsMsg_GetData(m), static_cast<size_t>(natsMsg_GetDataLength(m)));
+  msg->headers = headers_of(m);
+  return msg;
+}
+
+}  // namespace
+
+NatsBus::NatsBus(const GatewayConfig& cfg) : node_id_(cfg.node_id), inbox_prefix_("_INBOX." + cfg.node_id + ".") {
+  nats_Open(-1);
+  nats_SetMessageDeliveryPoolSize(static_cast<int>(std::max(1u, cfg.threads ? cfg.threads : 2u)));
+  bulk_ = connect(cfg, cfg.bus.name, false);
+  fast_ = connect(cfg, cfg.bus.name + "-rr", true);
+  check(natsConnection_Subscribe(&inbox_sub_, fast_, (inbox_prefix_ + "*").c_str(), on_inbox_cb, this),
+        "subscribe to the node inbox");
+  natsSubscription_SetPendingLimits(inbox_sub_, kPendingMsgs, kPendingBytes);
+}
+
+NatsBus::~NatsBus() {
+  if (inbox_sub_) natsSubscription_Destroy(inbox_sub_);
+  for (auto* nc : {bulk_, fast_}) {
+    if (!nc) continue;
+    natsConnection_Close(nc);
+    natsConnection_Destroy(nc);
+  }
+}
+
+natsConnection* NatsBus::connect(const GatewayConfig& cfg, const std::string& name, bool send_asap) {
+  natsOptions* o = nullptr;
+  check(natsOptions_Create(&o), "options");
+  std::vector<const char*> servers;
+  for (const auto& s : cfg.bus.servers) servers.push_back(s.c_str());
+  check(natsOptions_SetServers(o, servers.data(), static_cast<int>(servers.size())), "bus.servers");
+  check(natsOptions_SetName(o, name.c_str()), "bus.name");
+  if (!cfg.bus.user.empty()) check(natsOptions_SetUserInfo(o, cfg.bus.user.c_str(), cfg.bus.password.c_str()), "bus.user");
+  if (!cfg.bus.token.empty()) check(natsOptions_SetToken(o, cfg.bus.token.c_str()), "bus.token");
+  if (!cfg.bus.creds_file.empty())
+    check(natsOptions_SetUserCredentialsFromFiles(o, cfg.bus.creds_file.c_str(), nullptr), "bus.creds_file");
+  if (!cfg.bus.tls_ca.empty() || !cfg.bus.tls_cert.empty()) {
+    check(natsOptions_SetSecure(o, true), "bus.tls");
+    if (!cfg.bus.tls_ca.empty()) check(natsOptions_LoadCATrustedCertificates(o, cfg.bus.tls_ca.c_str()), "bus.tls.ca");
+    if (!cfg.bus.tls_cert.empty())
+      check(natsOptions_LoadCertificatesChain(o, cfg.bus.tls_cert.c_str(), cfg.bus.tls_key.c_str()), "bus.tls.cert");
+  }
+  check(natsOptions_SetSendAsap(o, send_asap), "send asap");
+  check(natsOptions_SetMaxReconnect(o, -1), "max reconnect");
+  check(natsOptions_SetReconnectWait(o, 200), "reconnect wait");
+  check(natsOptions_SetPingInterval(o, 2000), "ping interval");
+  check(natsOptions_SetMaxPingsOut(o, 2), "max pings out");
+  check(natsOptions_SetTimeout(o, 2000), "connect timeout");
+  check(natsOptions_UseGlobalMessageDelivery(o, true), "global delivery");
+  check(natsOptions_SetDisconnectedCB(o, on_disconnected, this), "callbacks");
+  check(natsOptions_SetReconnectedCB(o, on_reconnected, this), "callbacks");
+  check(natsOptions_SetErrorHandler(o, on_error, this), "callbacks");
+  check(natsOptions_SetRetryOnFailedConnect(o, true, on_connected, this), "retry");
+  natsConnection* nc = nullptr;
+  const natsStatus s = natsConnection_Connect(&nc, o);
+  natsOptions_Destroy(o);
+  check(s, "connect to " + (cfg.bus.servers.empty() ? std::string("?") : cfg.bus.servers.front()));
+  if (s == NATS_NOT_YET_CONNECTED)
+    spdlog::warn("nats: {} not reachable yet; retrying in the background (not ready until connected)",
+                 cfg.bus.servers.front());
+  else
+    spdlog::info("nats: connection '{}' established", name);
+  return nc;
+}
+
+void NatsBus::on_connection_event(const char* what, natsConnection* nc) {
+  if (std::string_view(what) == "reconnected") reconnects_.fetch_add(1);
+  char url[256] = {0};
+  natsConnection_GetConnectedUrl(nc, url, sizeof url);
+  spdlog::info("nats: {} {}", what, url);
+}
+
+bool NatsBus::healthy() const {
+  return bulk_ && fast_ && natsConnection_Status(bulk_) == NATS_CONN_STATUS_CONNECTED &&
+         natsConnection_Status(fast_) == NATS_CONN_STATUS_CONNECTED;
+}
+
+BusStats NatsBus::stats() const {
+  std::lock_guard lk(mu_);
+  return BusStats{interests_.size() + 1, reconnects_.load()};
+}
+
+uint64_t NatsBus::subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) {
+  const uint64_t id = next_id_.fetch_add(1);
+  auto local = std::make_shared<DeliverFn>(std::move(fn));
+  int added = 0;
+  {
+    std::lock_guard lk(mu_);
+    added = add_local(subject, queue, id, std::move(local));
+  }
+  if (added < 0) return 0;
+  const bool created = added > 0;
+  // A new bus subscription is live once the server has processed it: one round trip, outside the
+  // lock, so the client's OK means what it says. Skipped while disconnected (cnats resubscribes).
+  if (created && natsConnection_Status(fast_) == NATS_CONN_STATUS_CONNECTED) natsConnection_FlushTimeout(fast_, 1000);
+  return id;
+}
+
+int NatsBus::add_local(const std::string& subject, const std::string& queue, uint64_t id,
+                       std::shared_ptr<DeliverFn> local) {
+  bool created = false;
+  auto& slot = interests_[{subject, queue}];
+  if (!slot) {
+    auto in = std::make_unique<Interest>();
+    in->bus = this;
+    in->subject = subject;
+    in->queue = queue;
+    natsStatus s = queue.empty()
+                       ? natsConnection_Subscribe(&in->sub, fast_, subject.c_str(), on_msg_cb, in.get())
+                       : natsConnection_QueueSubscribe(&in->sub, fast_, subject.c_str(), queue.c_str(), on_msg_cb,
+                                                       in.get());
+    if (s != NATS_OK) {
+      interests_.erase({subject, queue});
+      spdlog::error("nats: subscribe to {} failed: {}", subject, natsStatus_GetText(s));
+      return -1;
+    }
+    natsSubscription_SetPendingLimits(in->sub, kPendingMsgs, kPendingBytes);
+    natsSubscription_SetOnCompleteCB(in->sub, on_complete_cb, in.get());
+    spdlog::debug("nats: bus subscription {}{}{}", subject, queue.empty() ? "" : " queue ", queue);
+    slot = in.release();
+    created = true;
+  }
+  {
+    std::lock_guard il(slot->mu);
+    slot->locals.emplace_back(id, std::move(local));
+  }
+  by_local_id_[id] = slot;
+  return created ? 1 : 0;
+}
+
+void NatsBus::unsubscribe(uint64_t id) {
+  std::lock_guard lk(mu_);
+  auto it = by_local_id_.find(id);
+  if (it == by_local_id_.end()) return;
+  Interest* in = it->second;
+  by_local_id_.erase(it);
+  bool last = false;
+  {
+    std::lock_guard il(in->mu);
+    std::erase_if(in->locals, [id](const auto& p) { return p.first == id; });
+    last = in->locals.empty();
+  }
+  if (!last) return;
+  // The last local subscriber left: release the bus subscription. The Interest is freed by the
+  // subscription's on-complete callback, after its last message has been dispatched.
+  interests_.erase({in->subject, in->queue});
+  natsSubscription_Unsubscribe(in->sub);
+  natsSubscription_Destroy(in->sub);
+}
+
+void NatsBus::on_message(Interest& in, natsMsg* m) {
+  thread_local std::vector<std::shared_ptr<DeliverFn>> targets;
+  targets.clear();
+  {
+    std::lock_guard il(in.mu);
+    if (in.locals.empty()) {
+      natsMsg_Destroy(m);
+      return;
+    }
+    if (in.queue.empty()) {
+      for (const auto& [id, fn] : in.locals) targets.push_back(fn);
+    } else {  // NATS picked this node for the group; pick one local member
+      targets.push_back(in.locals[in.rr.fetch_add(1, std::memory_order_relaxed) % in.locals.size()].second);
+    }
+  }
+  const BusMessagePtr msg = to_bus_message(m);
+  natsMsg_Destroy(m);
+  for (const auto& fn : targets) (*fn)(msg);
+  targets.clear();
+}
+
+proto::Code NatsBus::send(natsConnection* nc, const BusMessage& msg) {
+  if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) return Code::bus_unavailable;
+  natsMsg* m = nullptr;
+  if (natsMsg_Create(&m, msg.subject.c_str(), msg.reply_to.empty() ? nullptr : msg.reply_to.c_str(),
+                     msg.payload.data(), static_cast<int>(msg.payload.size())) != NATS_OK)
+    return Code::internal_error;
+  if (!msg.headers.empty()) {
+    proto::mp::Reader rd(msg.headers);
+    uint32_t n = 0;
+    if (rd.read_map(n)) {
+      for (uint32_t i = 0; i < n; ++i) {
+        std::string_view k, v;
+        if (!rd.read_str(k) || !rd.read_str(v)) break;
+        natsMsgHeader_Set(m, std::string(k).c_str(), std::string(v).c_str());
+      }
+    }
+  }
+  const natsStatus s = natsConnection_PublishMsg(nc, m);
+  natsMsg_Destroy(m);
+  if (s == NATS_OK) return Code::ok;
+  return s == NATS_MAX_PAYLOAD ? Code::payload_too_large : Code::bus_unavailable;
+}
+
+proto::Code NatsBus::publish(BusMessagePtr msg) {
+  // Replies (to request inboxes) take the write-at-once connection; everything else is batched.
+  const bool reply = msg->subject.starts_with("_INBOX.");
+  return send(reply ? fast_ : bulk_, *msg);
+}
+
+uint64_t NatsBus::request(std::shared_ptr<BusMessage> msg, ReplyFn fn) {
+  const uint64_t token = next_id_.fetch_add(1);
+  msg->reply_to = inbox_prefix_ + std::to_string(token);
+  {
+    std::lock_guard lk(req_mu_);
+    requests_.emplace(token, std::move(fn));
+  }
+  const Code c = send(fast_, *msg);
+  if (c != Code::ok) {
+    ReplyFn f;
+    {
+      std::lock_guard lk(req_mu_);
+      auto it = requests_.find(token);
+      if (it == requests_.end()) return token;
+      f = std::move(it->second);
+      requests_.erase(it);
+    }
+    f(c, nullptr);
+  }
+  return token;
+}
+
+void NatsBus::cancel_request(uint64_t token) {
+  std::lock_guard lk(req_mu_);
+  requests_.erase(token);
+}
+
+void NatsBus::on_inbox(natsMsg* m) {
+  const std::string_view subject = natsMsg_GetSubject(m);
+  uint64_t token = 0;
+  if (subject.size() > inbox_prefix_.size()) {
+    const auto rest = subject.substr(inbox_prefix_.size());
+    std::from_chars(rest.data(), rest.data() + rest.size(), token);
+  }
+  ReplyFn fn;
+  {
+    std::lock_guard lk(req_mu_);
+    auto it = requests_.find(token);
+    if (it == requests_.end()) {  // late, duplicate or cancelled
+      natsMsg_Destroy(m);
+      return;
+    }
+    fn = std::move(it->second);
+    requests_.erase(it);
+  }
+  if (natsMsg_IsNoResponders(m)) {
+    natsMsg_Destroy(m);
+    fn(Code::no_responders, nullptr);
+    return;
+  }
+  const BusMessagePtr reply = to_bus_message(m);
+  natsMsg_Destroy(m);
+  fn(Code::ok, reply);
+}
+
+}  // namespace busgate::gw

@@ -1,0 +1,221 @@
+"""The gateway on a real NATS bus: relay, interest dedup, node inbox, outage, many nodes, interop."""
+import asyncio
+import threading
+import time
+
+import nats as natspy
+
+from natsfix import free_port, gateway_config
+from rawgw import ERR, MSG, PUB, REQ, RES, E
+
+
+def test_pubsub_and_requests_over_nats(nats, start_gateway, clients):
+    ns = nats()
+    g = start_gateway(gateway_config([ns.url], "gw-a"))
+    a = clients(g.client())
+    b = clients(g.client())
+    a.sub(1, "orders.>")
+    b.pub("orders.new", b"hello", headers={"k": "v"})
+    m = a.expect(MSG)
+    assert m[2:5] == ["orders.new", b"hello", {"k": "v", "busgate-tenant": "demo"}]
+    b.sub(2, "svc.echo")
+    a.send(REQ, 1, "svc.echo", b"ping")
+    req = b.expect(MSG)
+    assert req[5].startswith("_INBOX.gw-a.")
+    b.pub(req[5], b"pong")
+    assert a.expect(RES)[1:4] == [1, 0, b"pong"]
+    a.send(REQ, 2, "nobody.here", b"?")
+    assert a.expect(RES)[1:3] == [2, E["NO_RESPONDERS"]]
+    c = clients(g.client())
+    c.sub(1, "svc.silent")
+    b.send(REQ, 3, "svc.silent", b"?", None, 200)
+    assert b.expect(RES, timeout=3)[1:3] == [3, E["REQUEST_TIMEOUT"]]
+    assert g.http_get("/readyz")[0] == 200
+
+
+def test_one_bus_subscription_per_subject_and_queue(nats, start_gateway, clients):
+    ns = nats()
+    g = start_gateway(gateway_config([ns.url], "gw-dedup"))
+    subs = [clients(g.client()) for _ in range(10)]
+    for i, c in enumerate(subs):
+        c.sub(1, "dedup.x")
+        c.sub(2, "dedup.q", queue="workers")
+    other = clients(g.client("other-token"))
+    other.sub(1, "dedup.x")  # another tenant: a different bus subject
+    bus_subs = ns.subscriptions()
+    assert bus_subs.count("t.demo.dedup.x") == 1
+    assert bus_subs.count("t.demo.dedup.q") == 1
+    assert bus_subs.count("t.other.dedup.x") == 1
+    # fan-out: every local subscriber gets the message; the queue group delivers once
+    p = clients(g.client())
+    p.pub("dedup.x", b"all")
+    p.pub("dedup.q", b"one")
+    got = [[f[3] for f in c.drain(MSG, quiet=0.3)] for c in subs]
+    assert all(g.count(b"all") == 1 for g in got), got  # every local subscriber, once
+    assert sum(g.count(b"one") for g in got) == 1, got  # the queue group: one member, once
+    # released when the last local subscriber leaves
+    for c in subs:
+        c.send(5, 1)
+        c.send(5, 2)
+        c.flush()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and "t.demo.dedup.x" in ns.subscriptions():
+        time.sleep(0.05)
+    remaining = ns.subscriptions()
+    assert "t.demo.dedup.x" not in remaining and "t.demo.dedup.q" not in remaining
+    assert "t.other.dedup.x" in remaining
+
+
+def test_two_gateway_nodes_share_the_bus(nats, start_gateway, clients):
+    ns = nats()
+    ga = start_gateway(gateway_config([ns.url], "gw-a"))
+    gb = start_gateway(gateway_config([ns.url], "gw-b"))
+    a = clients(ga.client())
+    b = clients(gb.client())
+    a.sub(1, "cross.>")
+    b.pub("cross.hello", b"from b")
+    assert a.expect(MSG)[2:4] == ["cross.hello", b"from b"]
+    # requests across nodes, answered through node A's inbox
+    b.sub(2, "svc.b")
+    a.send(REQ, 1, "svc.b", b"q")
+    req = b.expect(MSG)
+    b.pub(req[5], b"from node b")
+    assert a.expect(RES)[1:4] == [1, 0, b"from node b"]
+    # queue groups balance across nodes
+    workers = [clients(ga.client()) for _ in range(2)] + [clients(gb.client()) for _ in range(2)]
+    for w in workers:
+        w.sub(9, "jobs", queue="workers")
+    pub = clients(ga.client())
+    for i in range(200):
+        pub.pub("jobs", str(i).encode())
+    pub.flush()
+    counts = [len(w.drain(MSG, quiet=0.3)) for w in workers]
+    assert sum(counts) == 200
+    assert counts[0] + counts[1] > 0 and counts[2] + counts[3] > 0, counts
+
+
+def test_three_server_cluster(nats_cluster, start_gateway, clients):
+    n0, n1, n2 = nats_cluster
+    ga = start_gateway(gateway_config([n0.url], "gw-a"))
+    gb = start_gateway(gateway_config([n2.url], "gw-b"))
+    a = clients(ga.client())
+    b = clients(gb.client())
+    a.sub(1, "c.>")
+    b.sub(1, "svc.q")
+    time.sleep(0.3)  # route interest propagation across the cluster
+    b.pub("c.x", b"through the cluster")
+    assert a.expect(MSG)[3] == b"through the cluster"
+    a.send(REQ, 1, "svc.q", b"?")
+    req = b.expect(MSG)
+    b.pub(req[5], b"!")
+    assert a.expect(RES)[1:4] == [1, 0, b"!"]
+
+
+def test_nats_outage_and_recovery(nats, start_gateway, clients):
+    ns = nats()
+    g = start_gateway(gateway_config([ns.url], "gw-out"))
+    sub = clients(g.client())
+    pub = clients(g.client())
+    sub.sub(1, "live")
+    pub.pub("live", b"before")
+    assert sub.expect(MSG)[3] == b"before"
+    ns.stop()
+    deadline = time.monotonic() + 5
+    while g.http_get("/readyz")[0] == 200 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert g.http_get("/readyz") == (503, "bus unavailable\n")
+    # clients stay connected; publishes are refused with the documented error
+    pub.pub("live", b"during", ack=7)
+    err = pub.expect(ERR)
+    assert err[1] == E["BUS_UNAVAILABLE"] and err[3:5] == [PUB, 7]
+    pub.send(REQ, 8, "live", b"?")
+    assert pub.expect(RES)[1:3] == [8, E["BUS_UNAVAILABLE"]]
+    assert sub.flush()
+    t0 = time.monotonic()
+    ns.start()
+    # subscriptions are re-established without the client doing anything
+    while True:
+        pub.pub("live", b"after")
+        try:
+            m = sub.expect(MSG, timeout=0.1)
+            assert m[3] == b"after"
+            break
+        except TimeoutError:
+            assert time.monotonic() - t0 < 5, "no delivery after NATS came back"
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2.5, elapsed
+    assert g.http_get("/readyz")[0] == 200
+
+
+def test_interop_with_plain_nats_clients(nats, start_gateway, clients):
+    ns = nats()
+    g = start_gateway(gateway_config([ns.url], "gw-i"))
+    sub = clients(g.client())
+    sub.sub(1, "from.nats")
+    gw_client = clients(g.client())
+    ready = threading.Event()
+    result = {}
+
+    async def nats_side():
+        nc = await natspy.connect(ns.url)
+        seen = asyncio.Queue()
+
+        async def on_msg(m):
+            await seen.put(m)
+
+        async def service(m):
+            tenant = (m.headers or {}).get("busgate-tenant")
+            await m.respond(f"served {tenant}: {m.data.decode()}".encode())
+
+        await nc.subscribe("t.demo.to.nats", cb=on_msg)
+        await nc.subscribe("svc.data.>", cb=service)
+        await nc.flush()
+        ready.set()
+        await nc.publish("t.demo.from.nats", b"hello gateway", headers={"origin": "nats-py"})
+        await nc.flush()
+        result["msg"] = await asyncio.wait_for(seen.get(), 10)
+        await nc.drain()
+
+    t = threading.Thread(target=lambda: asyncio.run(nats_side()))
+    t.start()
+    assert ready.wait(10)
+    # a plain NATS publish on the tenant's bus subject reaches the gateway subscriber
+    m_gw = sub.expect(MSG)
+    assert m_gw[2:5] == ["from.nats", b"hello gateway", {"origin": "nats-py"}]
+    # a NATS-side service answers a gateway client's request through the import, seeing the tenant
+    gw_client.send(REQ, 1, "data.users", b"q")
+    assert gw_client.expect(RES)[1:4] == [1, 0, b"served demo: q"]
+    # a gateway client's publish reaches a plain NATS subscriber with the tenant header
+    gw_client.pub("to.nats", b"hello nats")
+    t.join(15)
+    m = result["msg"]
+    assert m.data == b"hello nats" and m.headers["busgate-tenant"] == "demo"
+
+
+def test_nats_user_password(nats, start_gateway, clients):
+    ns = nats(extra=["--user", "gw", "--pass", "s3cret"])
+    cfg = gateway_config([ns.url], "gw-auth").replace(
+        "bus: {kind: nats,", 'bus: {kind: nats, user: "gw", password: "s3cret",')
+    g = start_gateway(cfg)
+    a = clients(g.client())
+    a.sub(1, "auth.ok")
+    a.pub("auth.ok", b"x")
+    assert a.expect(MSG)[3] == b"x"
+    assert g.http_get("/readyz")[0] == 200
+
+
+def test_gateway_starts_before_nats_and_becomes_ready(nats, start_gateway, clients):
+    port = free_port()
+    g = start_gateway(gateway_config([f"nats://127.0.0.1:{port}"], "gw-late"))
+    assert g.http_get("/readyz")[0] == 503
+    c = clients(g.client())
+    c.sub(1, "late")  # accepted while the bus is down, live once it is up
+    ns = nats(port=port)
+    deadline = time.monotonic() + 5
+    while g.http_get("/readyz")[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    p = clients(g.client())
+    p.pub("late", b"x")
+    assert c.expect(MSG)[3] == b"x"
+    assert ns.subscriptions().count("t.demo.late") == 1
