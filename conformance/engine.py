@@ -86,6 +86,8 @@ def match(p: Any, v: Any, vars_: dict, caps: dict) -> bool:
             if k == "$has":
                 return isinstance(v, dict) and all(key in v and match(sub, v[key], vars_, caps)
                                                    for key, sub in a.items())
+            if k == "$not":
+                return not match(a, v, vars_, {})
             if k == "$oneof":
                 return any(match(x, v, vars_, dict(caps)) for x in a)
             if k == "$range":
@@ -450,10 +452,15 @@ class Context:
                 raise Fail(f"{c.name}: expected ERR {code}, got ERR {got}: {f!r}")
         ro = f.fields[3] if len(f.fields) > 3 and f.fields[3] is not None else 0
         ri = f.fields[4] if len(f.fields) > 4 and f.fields[4] is not None else 0
-        if ref_op is not None and ro != ref_op:
-            self.non_strict(f"{c.name}: ERR {got} has ref_op {ro}, expected {ref_op}")
-        if ref_id is not None and ri != ref_id:
-            self.non_strict(f"{c.name}: ERR {got} has ref_id {ri}, expected {ref_id}")
+        # A non-fatal ERR about a frame must reference it so the client can match it (section 7.10):
+        # a wrong reference fails. On a fatal ERR the reference is informational: NON-STRICT.
+        for what, have, want in (("ref_op", ro, ref_op), ("ref_id", ri, ref_id)):
+            if want is not None and have != want:
+                msg = f"{c.name}: ERR {got} has {what} {have}, expected {want}"
+                if fatal or codec.FATAL.get(got, False):
+                    self.non_strict(msg)
+                else:
+                    raise Fail(msg + f": {f!r}")
         if fatal:
             self.expect_close(c, after=f"the fatal ERR {got}",
                               ws_code=ws_close or WS_CLOSE_FOR.get(got, 1008), ws_reason=got)
@@ -592,7 +599,7 @@ def resolve_pattern(ctx: Context, p: Any) -> Any:
         (k, a), = p.items()
         if k in ("$token", "$limit", "$add", "$repeat"):
             return resolve(ctx, p)
-        if k in ("$has", "$oneof"):
+        if k in ("$has", "$oneof", "$not"):
             return {k: resolve_pattern(ctx, a)}
         if k.startswith("$"):
             return p
@@ -674,6 +681,8 @@ def run_step(ctx: Context, st: dict, transport: str):
                 raise Fail(f"{c.name}: received {data[:200]!r}, expected {want[:200]!r}")
         if st.get("close", True) and not closed:
             raise Fail(f"{c.name}: connection still open {t_ms} ms after the reply")
+    elif "auto_pong" in st:
+        ctx.conn(st["auto_pong"]).auto_pong = st.get("enabled", True)
     elif "flush" in st:
         ctx.alive(ctx.conn(st["flush"]))
     elif "wait" in st:

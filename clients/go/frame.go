@@ -498,3 +498,26 @@ func (e *Encoder) req(id uint64, subject string, payload []byte, h []HeaderField
 		e.uint(timeoutMS)
 	}
 }
+
+// appendPub appends a PUB frame (length prefix and body) to dst; the client's hot path.
+func (e *Encoder) appendPub(dst []byte, subject string, data []byte, h []HeaderField, reply string, ack uint64) []byte {
+	start := len(dst)
+	e.w.b = append(dst, 0, 0, 0, 0)
+	e.pub(subject, data, h, reply, reply != "", ack)
+	return e.finish(start)
+}
+
+// appendReq appends a REQ frame to dst.
+func (e *Encoder) appendReq(dst []byte, id uint64, subject string, data []byte, h []HeaderField, timeoutMS uint64) []byte {
+	start := len(dst)
+	e.w.b = append(dst, 0, 0, 0, 0)
+	e.req(id, subject, data, h, timeoutMS)
+	return e.finish(start)
+}
+
+func (e *Encoder) finish(start int) []byte {
+	out := e.w.b
+	e.w.b = nil
+	binary.BigEndian.PutUint32(out[start:], uint32(len(out)-start-4))
+	return out
+}

@@ -121,6 +121,8 @@ func appendJSONValue(dst []byte, v any) []byte {
 		return appendJSONFloat(dst, x, 64)
 	case string:
 		return appendJSONString(dst, x)
+	case json.Number:
+		return append(dst, x...)
 	case payload:
 		if utf8.Valid(x) {
 			return appendJSONString(dst, string(x))

@@ -317,6 +317,7 @@ GatewayConfig dev_config() {
   demo.prefix = "t.demo.";
   demo.token_sha256 = {sha256_hex(kDevToken)};
   c.tenants.push_back(demo);
+  c.admin_token_sha256 = sha256_hex(kDevAdminToken);
   return c;
 }
 

@@ -88,6 +88,7 @@ GatewayConfig parse_config(const std::string& yaml_text);
 // The embedded default: memory bus and a "demo" tenant whose token is kDevToken.
 GatewayConfig dev_config();
 inline constexpr const char* kDevToken = "dev-token";
+inline constexpr const char* kDevAdminToken = "dev-admin-token";
 
 // Hex SHA-256 of a token, for the tokens_sha256 lists.
 std::string sha256_hex(std::string_view data);

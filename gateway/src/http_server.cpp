@@ -1,12 +1,19 @@
 #include "http_server.hpp"
 
+#include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket/rfc6455.hpp>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
+#include "console_page.hpp"
 #include "server.hpp"
+#include "session.hpp"
+#include "ws_transport.hpp"
 
 namespace busgate::gw {
 
@@ -14,8 +21,127 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 using asio::ip::tcp;
+using json = nlohmann::ordered_json;
 
 namespace {
+
+std::string_view sv(beast::string_view s) { return {s.data(), s.size()}; }
+
+std::string escape_label(std::string_view v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+// Prometheus text exposition format 0.0.4.
+std::string render_metrics(Server& server) {
+  std::ostringstream o;
+  auto& m = server.metrics();
+  const auto sessions = server.sessions();
+  std::map<std::pair<std::string, std::string>, uint64_t> conns;
+  uint64_t client_subs = 0;
+  for (const auto& s : sessions) {
+    const auto i = s->info();
+    if (i.state == "handshake" || i.state == "closed") continue;
+    conns[{i.tenant, i.transport}]++;
+    client_subs += i.subscriptions;
+  }
+  o << "# HELP busgate_connections Open client connections by tenant and transport.\n"
+       "# TYPE busgate_connections gauge\n";
+  for (const auto& [k, n] : conns)
+    o << "busgate_connections{tenant=\"" << escape_label(k.first) << "\",transport=\"" << k.second << "\"} " << n
+      << "\n";
+  o << "# HELP busgate_connections_opened_total Connections accepted (any transport).\n"
+       "# TYPE busgate_connections_opened_total counter\nbusgate_connections_opened_total "
+    << m.connections_opened.load() << "\n";
+  o << "# HELP busgate_connections_closed_total Connections closed.\n"
+       "# TYPE busgate_connections_closed_total counter\nbusgate_connections_closed_total "
+    << m.connections_closed.load() << "\n";
+  o << "# HELP busgate_foreign_protocol_rejects_total Connections that spoke another protocol on the TCP port.\n"
+       "# TYPE busgate_foreign_protocol_rejects_total counter\nbusgate_foreign_protocol_rejects_total "
+    << m.foreign_protocol_rejects.load() << "\n";
+  const auto tenants = server.registry().all();
+  struct Family {
+    const char* name;
+    const char* help;
+    std::atomic<uint64_t> TenantState::*field;
+  };
+  const Family fams[] = {
+      {"busgate_messages_in_total", "Messages received from clients (PUB and REQ) by tenant.", &TenantState::msgs_in},
+      {"busgate_bytes_in_total", "Payload bytes received from clients by tenant.", &TenantState::bytes_in},
+      {"busgate_messages_out_total", "Messages delivered to clients (MSG) by tenant.", &TenantState::msgs_out},
+      {"busgate_bytes_out_total", "Payload bytes delivered to clients by tenant.", &TenantState::bytes_out},
+  };
+  for (const auto& f : fams) {
+    o << "# HELP " << f.name << " " << f.help << "\n# TYPE " << f.name << " counter\n";
+    for (const auto& t : tenants)
+      o << f.name << "{tenant=\"" << escape_label(t->name()) << "\"} " << ((*t).*(f.field)).load() << "\n";
+  }
+  o << "# HELP busgate_tenant_connections Connections of each tenant on this node.\n"
+       "# TYPE busgate_tenant_connections gauge\n";
+  for (const auto& t : tenants)
+    o << "busgate_tenant_connections{tenant=\"" << escape_label(t->name()) << "\"} " << t->connections() << "\n";
+  o << "# HELP busgate_tenant_requests_inflight Requests in flight of each tenant (capped by max_inflight_requests).\n"
+       "# TYPE busgate_tenant_requests_inflight gauge\n";
+  for (const auto& t : tenants)
+    o << "busgate_tenant_requests_inflight{tenant=\"" << escape_label(t->name()) << "\"} " << t->inflight() << "\n";
+  o << "# HELP busgate_subscriptions Client subscriptions on this node.\n"
+       "# TYPE busgate_subscriptions gauge\nbusgate_subscriptions "
+    << client_subs << "\n";
+  const auto bs = server.bus().stats();
+  o << "# HELP busgate_bus_subscriptions Subscriptions held on the bus after interest dedup.\n"
+       "# TYPE busgate_bus_subscriptions gauge\nbusgate_bus_subscriptions "
+    << bs.subscriptions << "\n";
+  o << "# HELP busgate_bus_reconnects_total Reconnections to the bus.\n"
+       "# TYPE busgate_bus_reconnects_total counter\nbusgate_bus_reconnects_total "
+    << bs.reconnects << "\n";
+  o << "# HELP busgate_bus_healthy 1 when the bus is connected.\n# TYPE busgate_bus_healthy gauge\nbusgate_bus_healthy "
+    << (server.bus().healthy() ? 1 : 0) << "\n";
+  o << "# HELP busgate_requests_inflight Requests waiting for a reply.\n"
+       "# TYPE busgate_requests_inflight gauge\nbusgate_requests_inflight "
+    << m.requests_inflight.load() << "\n";
+  o << "# HELP busgate_requests_total Requests received.\n# TYPE busgate_requests_total counter\nbusgate_requests_total "
+    << m.requests_total.load() << "\n";
+  o << "# HELP busgate_request_duration_seconds Time from REQ to a reply or no-responders answer.\n"
+       "# TYPE busgate_request_duration_seconds histogram\n";
+  uint64_t cum = 0;
+  for (size_t i = 0; i < Metrics::kLatencyBucketsUs.size(); ++i) {
+    cum += m.latency_buckets[i].load();
+    o << "busgate_request_duration_seconds_bucket{le=\"" << static_cast<double>(Metrics::kLatencyBucketsUs[i]) / 1e6
+      << "\"} " << cum << "\n";
+  }
+  cum += m.latency_buckets.back().load();
+  o << "busgate_request_duration_seconds_bucket{le=\"+Inf\"} " << cum << "\n";
+  o << "busgate_request_duration_seconds_sum " << static_cast<double>(m.latency_sum_us.load()) / 1e6 << "\n";
+  o << "busgate_request_duration_seconds_count " << m.latency_count.load() << "\n";
+  o << "# HELP busgate_errors_total Errors sent to clients (ERR frames and error RES statuses) by code.\n"
+       "# TYPE busgate_errors_total counter\n";
+  for (const auto& c : proto::all_codes()) {
+    const auto n = m.errors[static_cast<size_t>(c.code)].load();
+    if (n) o << "busgate_errors_total{code=\"" << static_cast<int>(c.code) << "\",name=\"" << c.name << "\"} " << n << "\n";
+  }
+  o << "# HELP busgate_slow_consumer_disconnects_total Connections closed by the slow-consumer policy.\n"
+       "# TYPE busgate_slow_consumer_disconnects_total counter\nbusgate_slow_consumer_disconnects_total "
+    << m.slow_consumer_disconnects.load() << "\n";
+  o << "# HELP busgate_draining 1 while the node drains.\n# TYPE busgate_draining gauge\nbusgate_draining "
+    << (server.draining() ? 1 : 0) << "\n";
+  return o.str();
+}
+
+json connection_json(const Session::Info& i) {
+  return json{{"id", i.id},           {"session_id", i.session_id}, {"tenant", i.tenant},
+              {"transport", i.transport}, {"remote", i.remote},   {"name", i.name},
+              {"state", i.state},     {"subscriptions", i.subscriptions}, {"requests_inflight", i.inflight},
+              {"msgs_in", i.msgs_in}, {"msgs_out", i.msgs_out},   {"bytes_in", i.bytes_in},
+              {"bytes_out", i.bytes_out}, {"pending_bytes", i.pending_bytes}};
+}
 
 class HttpSession : public std::enable_shared_from_this<HttpSession> {
  public:
@@ -24,13 +150,16 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
  private:
   void do_read() {
-    req_ = {};
+    parser_.emplace();
+    parser_->body_limit(64 * 1024);
     stream_.expires_after(std::chrono::seconds(30));
-    http::async_read(stream_, buf_, req_, beast::bind_front_handler(&HttpSession::on_read, shared_from_this()));
+    http::async_read(stream_, buf_, *parser_, beast::bind_front_handler(&HttpSession::on_read, shared_from_this()));
   }
 
   void on_read(beast::error_code ec, size_t) {
     if (ec) return close();
+    req_ = parser_->release();
+    if (target() == "/v1/ws") return upgrade();
     auto res = std::make_shared<http::response<http::string_body>>(route());
     res->keep_alive(req_.keep_alive());
     res->prepare_payload();
@@ -40,25 +169,140 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     });
   }
 
+  std::string target() const {
+    const std::string_view t = sv(req_.target());
+    return std::string(t.substr(0, t.find('?')));
+  }
+
+  void upgrade() {
+    if (!beast::websocket::is_upgrade(req_)) return reply(http::status::upgrade_required, "use a WebSocket upgrade\n");
+    const auto sp = select_subprotocol(sv(req_[http::field::sec_websocket_protocol]));
+    if (sp.empty())
+      return reply(http::status::bad_request,
+                   "offer the subprotocol busgate.v1 (binary) or busgate.v1.json (text) in Sec-WebSocket-Protocol\n");
+    if (server_.draining()) return reply(http::status::service_unavailable, "draining\n");
+    stream_.expires_never();
+    start_websocket(server_, stream_.release_socket(), std::move(req_), sp);
+  }
+
+  void reply(http::status st, std::string body) {
+    auto res = std::make_shared<http::response<http::string_body>>(st, req_.version());
+    res->set(http::field::server, "busgate");
+    res->set(http::field::content_type, "text/plain; charset=utf-8");
+    res->body() = std::move(body);
+    res->keep_alive(false);
+    res->prepare_payload();
+    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code, size_t) { self->close(); });
+  }
+
+  bool admin_authorized() const {
+    const auto& digest = server_.config().admin_token_sha256;
+    if (digest.empty()) return false;
+    const std::string_view auth = sv(req_[http::field::authorization]);
+    constexpr std::string_view kBearer = "Bearer ";
+    if (!auth.starts_with(kBearer)) return false;
+    const std::string presented = sha256_hex(auth.substr(kBearer.size()));
+    return CRYPTO_memcmp(presented.data(), digest.data(), digest.size()) == 0;
+  }
+
   http::response<http::string_body> route() {
     http::response<http::string_body> res{http::status::ok, req_.version()};
     res.set(http::field::server, "busgate");
     res.set(http::field::content_type, "text/plain; charset=utf-8");
-    const auto target = std::string(req_.target().substr(0, req_.target().find('?')));
-    if (req_.method() != http::verb::get && req_.method() != http::verb::head) {
-      res.result(http::status::method_not_allowed);
-      res.body() = "method not allowed\n";
-    } else if (target == "/healthz") {
+    const std::string t = target();
+    const bool get = req_.method() == http::verb::get || req_.method() == http::verb::head;
+    auto json_reply = [&](http::status st, const json& j) {
+      res.result(st);
+      res.set(http::field::content_type, "application/json");
+      res.body() = j.dump(2) + "\n";
+    };
+    if (t == "/healthz" && get) {
       res.body() = "ok\n";
-    } else if (target == "/readyz") {
+    } else if (t == "/readyz" && get) {
       const bool ready = server_.ready();
       res.result(ready ? http::status::ok : http::status::service_unavailable);
       res.body() = ready ? "ready\n" : (server_.draining() ? "draining\n" : "bus unavailable\n");
+    } else if (t == "/metrics" && get) {
+      res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+      res.body() = render_metrics(server_);
+    } else if ((t == "/debug" || t == "/debug/") && get) {
+      res.set(http::field::content_type, "text/html; charset=utf-8");
+      res.set(http::field::cache_control, "no-store");
+      res.body() = std::string(console_page());
+    } else if (t.starts_with("/admin/")) {
+      if (server_.config().admin_token_sha256.empty()) {
+        json_reply(http::status::forbidden, {{"error", "the admin API is disabled: set admin.token_sha256"}});
+      } else if (!admin_authorized()) {
+        res.set(http::field::www_authenticate, "Bearer realm=\"busgate admin\"");
+        json_reply(http::status::unauthorized, {{"error", "send Authorization: Bearer <admin token>"}});
+      } else {
+        admin(t, res, json_reply);
+      }
     } else {
       res.result(http::status::not_found);
-      res.body() = "not found: " + target + "\n";
+      res.body() = "not found: " + t + "\n";
     }
     return res;
+  }
+
+  template <typename Reply>
+  void admin(const std::string& t, http::response<http::string_body>& res, Reply&& json_reply) {
+    const bool get = req_.method() == http::verb::get;
+    const bool post = req_.method() == http::verb::post;
+    if (t == "/admin/connections" && get) {
+      json list = json::array();
+      for (const auto& s : server_.sessions()) list.push_back(connection_json(s->info()));
+      return json_reply(http::status::ok, json{{"connections", list}});
+    }
+    if (t == "/admin/subscriptions" && get) {
+      json list = json::array();
+      for (const auto& s : server_.sessions()) {
+        const auto i = s->info();
+        for (const auto& sub : s->subscriptions())
+          list.push_back({{"connection", i.id},    {"session_id", i.session_id}, {"tenant", i.tenant},
+                          {"sid", sub.sid},        {"subject", sub.subject},     {"queue", sub.queue},
+                          {"bus_subject", sub.bus_subject}});
+      }
+      return json_reply(http::status::ok, json{{"subscriptions", list}, {"bus_subscriptions", server_.bus().stats().subscriptions}});
+    }
+    if (t == "/admin/tenants" && get) {
+      json list = json::array();
+      for (const auto& ts : server_.registry().all()) {
+        if (ts->removed()) continue;
+        const auto c = ts->config();
+        list.push_back({{"name", ts->name()},
+                        {"prefix", c->prefix},
+                        {"connections", {{"used", ts->connections()}, {"limit", c->limits.max_connections}}},
+                        {"requests_inflight", {{"used", ts->inflight()}, {"limit", c->limits.max_inflight_requests}}},
+                        {"limits",
+                         {{"max_subscriptions", c->limits.max_subscriptions},
+                          {"max_payload", c->limits.max_payload},
+                          {"publish_msgs_per_sec", c->limits.publish_msgs_per_sec},
+                          {"publish_bytes_per_sec", c->limits.publish_bytes_per_sec}}},
+                        {"messages_in", ts->msgs_in.load()},
+                        {"bytes_in", ts->bytes_in.load()},
+                        {"messages_out", ts->msgs_out.load()},
+                        {"bytes_out", ts->bytes_out.load()}});
+      }
+      return json_reply(http::status::ok, json{{"tenants", list}});
+    }
+    if (t == "/admin/reload" && post) {
+      const auto err = server_.reload();
+      if (!err.empty()) return json_reply(http::status::unprocessable_entity, json{{"error", err}});
+      return json_reply(http::status::ok, json{{"reloaded", true}});
+    }
+    constexpr std::string_view kConn = "/admin/connections/";
+    if (t.starts_with(kConn) && t.ends_with("/close") && post) {
+      const auto id_text = t.substr(kConn.size(), t.size() - kConn.size() - 6);
+      uint64_t id = 0;
+      const bool num = !id_text.empty() && std::all_of(id_text.begin(), id_text.end(), ::isdigit);
+      if (num) id = std::stoull(id_text);
+      if (!num || !server_.close_session(id))
+        return json_reply(http::status::not_found, json{{"error", "no connection " + id_text}});
+      return json_reply(http::status::ok, json{{"closed", id}});
+    }
+    res.result(http::status::not_found);
+    json_reply(http::status::not_found, json{{"error", "no admin endpoint " + std::string(req_.method_string()) + " " + t}});
   }
 
   void close() {
@@ -69,6 +313,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   Server& server_;
   beast::tcp_stream stream_;
   beast::flat_buffer buf_;
+  std::optional<http::request_parser<http::string_body>> parser_;
   http::request<http::string_body> req_;
 };
 
@@ -84,8 +329,9 @@ struct HttpServer::Impl {
     acceptor.async_accept(server.next_context(), [this](beast::error_code ec, tcp::socket sock) {
       if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
       if (!ec) {
+        auto ex = sock.get_executor();
         auto s = std::make_shared<HttpSession>(server, std::move(sock));
-        s->start();
+        asio::post(ex, [s] { s->start(); });
       }
       accept();
     });
@@ -104,10 +350,12 @@ void HttpServer::start(const Endpoint& ep) {
   acc.listen(asio::socket_base::max_listen_connections);
   const auto local = acc.local_endpoint();
   spdlog::info("http listening on {}:{}", local.address().to_string(), local.port());
+  if (impl_->server.config().admin_token_sha256.empty())
+    spdlog::info("admin API disabled (no admin.token_sha256)");
   impl_->accept();
 }
 
-void HttpServer::stop_accepting() {}  // health and readiness stay reachable while draining
+void HttpServer::stop_accepting() {}  // health, readiness and metrics stay reachable while draining
 
 void HttpServer::stop() {
   beast::error_code ec;

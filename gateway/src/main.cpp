@@ -66,7 +66,8 @@ int main(int argc, char** argv) {
   (void)dev;
   try {
     if (config_path.empty())
-      spdlog::info("dev mode: {} bus, tenant 'demo', token '{}'", cfg.bus.kind, kDevToken);
+      spdlog::info("dev mode: {} bus, tenant 'demo', token '{}', admin token '{}'", cfg.bus.kind, kDevToken,
+                   kDevAdminToken);
     Server server(cfg, config_path);
     return server.run();
   } catch (const std::exception& e) {

@@ -281,7 +281,10 @@ void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
     if (auto self = weak.lock()) self->deliver(*st, m);
   });
   if (st->bus_id == 0) return send_err(Code::bus_unavailable, "the bus refused the subscription", 4, s.sid);
-  subs_.emplace(s.sid, st);
+  {
+    std::lock_guard lk(subs_mu_);
+    subs_.emplace(s.sid, st);
+  }
   sub_count_.store(subs_.size(), std::memory_order_relaxed);
   send_ok(4, s.sid);
 }
@@ -298,7 +301,10 @@ void Session::remove_sub(uint32_t sid) {
   if (it == subs_.end()) return;
   it->second->live.store(false, std::memory_order_release);
   server_.bus().unsubscribe(it->second->bus_id);
-  subs_.erase(it);
+  {
+    std::lock_guard lk(subs_mu_);
+    subs_.erase(it);
+  }
   sub_count_.store(subs_.size(), std::memory_order_relaxed);
 }
 
@@ -555,6 +561,7 @@ void Session::fatal(Code code, std::string_view message) {
   if (state_.load() == State::closed || closing_) return;
   server_.metrics().count_error(code);
   if (close_reason_.empty()) close_reason_ = std::string(proto::code_name(code)) + ": " + std::string(message);
+  close_code_ = code;
   {
     std::lock_guard lk(out_mu_);
     proto::encode_err_framed(out_buf_, code, message);
@@ -576,7 +583,7 @@ void Session::fail(Code code, std::string message) {
 }
 
 void Session::close_transport() {
-  if (transport_) transport_->close();
+  if (transport_) transport_->close(close_code_);
 }
 
 void Session::on_closed(std::string reason) {
@@ -599,7 +606,10 @@ void Session::cleanup() {
     st->live.store(false, std::memory_order_release);
     server_.bus().unsubscribe(st->bus_id);
   }
-  subs_.clear();
+  {
+    std::lock_guard lk(subs_mu_);
+    subs_.clear();
+  }
   for (auto& [req_id, inf] : inflight_) {
     inf->timer.cancel();
     server_.bus().cancel_request(inf->token);
@@ -693,6 +703,13 @@ void Session::recheck_auth() {
     if (!self->server_.registry().still_valid(*self->tenant_, self->token_digest_))
       self->fatal(Code::auth_revoked, "the credentials of this connection were revoked");
   });
+}
+
+std::vector<Session::SubInfo> Session::subscriptions() const {
+  std::vector<SubInfo> out;
+  std::lock_guard lk(subs_mu_);
+  for (const auto& [sid, st] : subs_) out.push_back({sid, st->subject, st->queue, st->mapping.bus_subject});
+  return out;
 }
 
 Session::Info Session::info() const {

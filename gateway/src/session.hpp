@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "busgate/protocol/codec.hpp"
 #include "bus.hpp"
@@ -49,6 +50,11 @@ class Session : public std::enable_shared_from_this<Session> {
     size_t pending_bytes;
   };
   Info info() const;
+  struct SubInfo {
+    uint32_t sid;
+    std::string subject, queue, bus_subject;
+  };
+  std::vector<SubInfo> subscriptions() const;
   uint64_t id() const { return id_; }
   State state() const { return state_.load(); }
 
@@ -100,6 +106,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::atomic<State> state_{State::handshake};
   std::string client_name_;
   std::string close_reason_;
+  proto::Code close_code_ = proto::Code::ok;  // the fatal error that closes the connection
 
   std::shared_ptr<TenantState> tenant_;
   std::shared_ptr<const TenantConfig> cfg_;
@@ -118,7 +125,8 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::steady_timer close_timer_;  // bounds how long a fatal ERR may wait to be written
   bool drain_delay_passed_ = false;
 
-  std::unordered_map<uint32_t, std::shared_ptr<SubState>> subs_;
+  std::unordered_map<uint32_t, std::shared_ptr<SubState>> subs_;  // changed on the executor only
+  mutable std::mutex subs_mu_;  // held while subs_ changes, and by readers on other threads
   std::unordered_map<uint32_t, std::unique_ptr<Inflight>> inflight_;
 
   mutable std::mutex out_mu_;

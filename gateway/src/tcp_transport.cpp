@@ -93,7 +93,7 @@ void TcpTransport::reply_raw_and_close(std::string_view bytes, const char* why) 
   do_read();
 }
 
-void TcpTransport::close() {
+void TcpTransport::close(proto::Code) {
   if (closing_ && linger_started_) return;
   closing_ = true;
   linger();

@@ -22,7 +22,7 @@ class TcpTransport final : public Transport, public std::enable_shared_from_this
   boost::asio::any_io_executor executor() { return socket_.get_executor(); }
 
   void write(const std::string& frames, std::function<void(bool ok)> done) override;
-  void close() override;
+  void close(proto::Code reason) override;
   void abort() override;
   void set_max_frame(size_t max_frame) override { parser_.set_max_frame(max_frame); }
   const char* kind() const override { return "tcp"; }

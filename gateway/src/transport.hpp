@@ -7,6 +7,8 @@
 #include <functional>
 #include <string>
 
+#include "busgate/protocol/errors.hpp"
+
 namespace busgate::gw {
 
 class Transport {
@@ -16,7 +18,9 @@ class Transport {
   // time. Called on the connection's executor.
   virtual void write(const std::string& frames, std::function<void(bool ok)> done) = 0;
   // Closes after the writes already started (lingering briefly so the peer reads the last frame).
-  virtual void close() = 0;
+  // `reason` is the fatal error that ends the connection (ok: a normal close); WebSocket maps it to
+  // a close code.
+  virtual void close(proto::Code reason) = 0;
   // Closes now, dropping whatever is not written yet (a peer that stopped reading).
   virtual void abort() = 0;
   virtual void set_max_frame(size_t max_frame) = 0;

@@ -254,11 +254,19 @@ class TcpTransport(Transport):
             self.transport.write(data)
 
     def send(self, frame: P.Frame) -> None:
-        self._write(P.encode_framed(frame))
+        data = P.encode_framed(frame)
+        if len(data) - 4 > self.parser.max_frame:
+            raise E.FrameTooLarge(f"a {frame.op_name} frame of {len(data) - 4} bytes is above max_frame "
+                                  f"{self.parser.max_frame}; not sent")
+        self._write(data)
 
     def send_pub(self, subject: str, payload: bytes, headers: dict | None, reply_to: str | None,
                  ack: int | None) -> None:
-        self._write(P.encode_pub_framed(subject, payload, headers, reply_to, ack))
+        data = P.encode_pub_framed(subject, payload, headers, reply_to, ack)
+        if len(data) - 4 > self.parser.max_frame:
+            raise E.FrameTooLarge(f"a PUB frame of {len(data) - 4} bytes is above max_frame "
+                                  f"{self.parser.max_frame}; not sent")
+        self._write(data)
 
     @property
     def write_blocked(self) -> bool:
@@ -406,6 +414,10 @@ class WebSocketTransport(Transport):
         if self._lost:
             return
         m: bytes | str = P.to_json_text(frame) if self.json_mode else P.encode(frame)
+        size = len(m.encode("utf-8")) if isinstance(m, str) else len(m)
+        if size > self.max_frame:
+            raise E.FrameTooLarge(f"a {frame.op_name} message of {size} bytes is above max_frame "
+                                  f"{self.max_frame}; not sent")
         self._out.append(m)
         self._out_bytes += len(m)
         if self._out_bytes > (1 << 20):
