@@ -85,6 +85,7 @@ type Conn struct {
 	closeCh  chan struct{}
 	wg       sync.WaitGroup
 	reconn   bool // a reconnect loop is running
+	stateCh  chan struct{}
 
 	reqs      map[uint64]*pendingOp
 	nextReq   uint64
@@ -279,6 +280,16 @@ func (c *Conn) install(l *link) {
 			l.wbuf, _ = c.enc.AppendFrame(l.wbuf, &f)
 		}
 	}
+	if first {
+		l.synced = true
+	} else {
+		// A PING after the resubscriptions: its PONG tells that they are live, so a link that got
+		// GOAWAY can be retired.
+		ping := Frame{Op: OpPing}
+		l.wbuf, _ = c.enc.AppendFrame(l.wbuf, &ping)
+		l.syncPong = make(chan error, 1)
+		l.pongs = append(l.pongs, l.syncPong)
+	}
 	l.wbuf = append(l.wbuf, c.pend...)
 	c.pend = c.pend[:0]
 	l.pongs = append(l.pongs, c.pendPong...)
@@ -294,6 +305,7 @@ func (c *Conn) install(l *link) {
 		}
 	}
 	c.cur = l
+	c.notifyState()
 	if c.draining {
 		c.status = StatusDraining
 	} else {

@@ -121,8 +121,8 @@ class Subscription:
         self._max_msgs = 0          # auto-unsubscribe after this many deliveries (0: none)
         self._delivered = 0
         self._task: asyncio.Task | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._empty = asyncio.Event()  # set whenever the local queue is empty
+        self._empty.set()
         self.delivered = 0          # messages received on this subscription
         self.max_pending_seen = 0   # the highest number of messages that waited in the local queue
 
@@ -145,6 +145,7 @@ class Subscription:
             return
         self._q.append(msg)
         self._pending_bytes += len(msg.data)
+        self._empty.clear()
         self.delivered += 1
         n = len(self._q)
         if n > self.max_pending_seen:
@@ -169,6 +170,7 @@ class Subscription:
         if discard:
             self._q.clear()
             self._pending_bytes = 0
+            self._empty.set()
         self._client._unblock(self)
         w = self._waiter
         if w is not None and not w.done():
@@ -177,6 +179,8 @@ class Subscription:
     def _take(self) -> Msg:
         msg = self._q.popleft()
         self._pending_bytes -= len(msg.data)
+        if not self._q:
+            self._empty.set()
         if self in self._client._blocked and len(self._q) <= self.pending_msgs_limit // 2 \
                 and self._pending_bytes <= self.pending_bytes_limit // 2:
             self._client._unblock(self)
@@ -248,13 +252,10 @@ class Subscription:
         self._end(None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._q and loop.time() < deadline:
-            if self._waiter is None or self._waiter.done():
-                self._waiter = loop.create_future()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._waiter), 0.05)
-            except asyncio.TimeoutError:
-                pass
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
         await self._wait_idle(max(0.0, deadline - loop.time()))
 
     async def _wait_idle(self, timeout: float) -> None:
@@ -599,8 +600,13 @@ class Client:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
+    async def _start_and_return(self) -> "Client":
+        await self._start()
+        return self
+
     async def _start(self) -> None:
         errs = []
+        last: E.BusgateError | None = None
         for url in self._pool:
             try:
                 conn = await self._open(url)
@@ -608,9 +614,13 @@ class Client:
                 raise e
             except (OSError, asyncio.TimeoutError, E.BusgateError) as e:
                 errs.append(f"{url}: {str(e) or type(e).__name__}")
+                if isinstance(e, E.BusgateError) and e.code is not None:
+                    last = e
                 continue
             self._adopt(conn, initial=True)
             return
+        if last is not None and len(errs) == 1:
+            raise last  # e.g. TooManyConnections: the gateway's own answer says more than NoServers
         raise E.NoServers("could not connect: " + "; ".join(errs))
 
     async def _open(self, url: ServerURL) -> _Connection:

@@ -1,0 +1,206 @@
+"""busgate-cli: publish, subscribe, request and reply from a shell, like the nats CLI.
+
+    busgate-cli --url busgate://127.0.0.1:7422 --token dev-token pub orders.created '{"id": 1}'
+    busgate-cli sub 'orders.>' --count 10
+    busgate-cli req svc.echo ping --timeout 2
+    busgate-cli reply svc.echo --echo
+
+``--url`` defaults to $BUSGATE_URL (else busgate://127.0.0.1:7422), ``--token`` to $BUSGATE_TOKEN.
+DATA ``-`` reads standard input. ``sub``/``req``/``reply`` print one JSON object per message with
+``--json``. Status lines ("Subscribed to ...", "Listening on ...") go to standard error once the
+gateway has confirmed the subscription, so scripts can wait for them. Exit codes: 0 success, 1 a
+busgate error (printed as ``busgate-cli: NAME (code): message``), 2 usage, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from . import errors as E
+from .client import DEFAULT_URL, Client, Msg, connect
+
+
+def _data(arg: str | None) -> bytes:
+    if arg is None:
+        return b""
+    if arg == "-":
+        return sys.stdin.buffer.read()
+    return arg.encode("utf-8")
+
+
+def _headers(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    out = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep:
+            raise SystemExit(f"busgate-cli: --header wants KEY=VALUE, got {it!r}")
+        out[k] = v
+    return out
+
+
+def _show(msg: Msg, n: int, as_json: bool, raw: bool) -> None:
+    if as_json:
+        try:
+            data: Any = msg.data.decode("utf-8")
+        except UnicodeDecodeError:
+            import base64
+            data = {"base64": base64.b64encode(msg.data).decode()}
+        print(json.dumps({"subject": msg.subject, "data": data, "headers": msg.headers, "reply_to": msg.reply_to},
+                         ensure_ascii=False), flush=True)
+    elif raw:
+        sys.stdout.buffer.write(msg.data + b"\n")
+        sys.stdout.flush()
+    else:
+        print(f'[#{n}] Received on "{msg.subject}"' + (f' with reply "{msg.reply_to}"' if msg.reply_to else ""))
+        for k, v in (msg.headers or {}).items():
+            print(f"{k}: {v}")
+        print()
+        print(msg.data.decode("utf-8", "replace"))
+        print(flush=True)
+
+
+def _status(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def _until_signal(work: "asyncio.Future[Any]") -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    stopper = loop.create_task(stop.wait())
+    await asyncio.wait([work, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not work.done():
+        work.cancel()
+    else:
+        work.result()
+
+
+async def _run(args: argparse.Namespace) -> int:
+    opts: dict[str, Any] = {"token": args.token, "name": args.name or f"busgate-cli {args.cmd}"}
+    if args.ws_json:
+        opts["ws_json"] = True
+    async with connect(args.url, **opts) as bg:
+        if args.cmd == "pub":
+            data = _data(args.data)
+            for i in range(args.count):
+                await bg.publish(args.subject, data, _headers(args.header), args.reply_to, ack=args.ack)
+            await bg.flush()
+            _status(f"Published {args.count} message(s) of {len(data)} bytes to {args.subject!r}")
+        elif args.cmd == "req":
+            reply = await bg.request(args.subject, _data(args.data), args.timeout, _headers(args.header))
+            _show(reply, 1, args.json, args.raw or not args.json)
+        elif args.cmd == "sub":
+            await _sub(bg, args)
+        elif args.cmd == "reply":
+            await _reply(bg, args)
+    return 0
+
+
+async def _sub(bg: Client, args: argparse.Namespace) -> None:
+    sub = await bg.subscribe(args.subject, args.queue)
+    _status(f"Subscribed to {args.subject!r}" + (f" in queue {args.queue!r}" if args.queue else ""))
+
+    async def work() -> None:
+        n = 0
+        async for msg in sub:
+            n += 1
+            _show(msg, n, args.json, args.raw)
+            if args.count and n >= args.count:
+                return
+
+    await _until_signal(asyncio.ensure_future(work()))
+
+
+async def _reply(bg: Client, args: argparse.Namespace) -> None:
+    sub = await bg.subscribe(args.subject, args.queue)
+    fixed = _data(args.response) if args.response is not None else None
+    _status(f"Listening on {args.subject!r}" + (f" in queue {args.queue!r}" if args.queue else ""))
+
+    async def work() -> None:
+        n = 0
+        async for msg in sub:
+            n += 1
+            if args.json or args.verbose:
+                _show(msg, n, args.json, False)
+            if msg.reply_to:
+                await msg.respond(msg.data if fixed is None else fixed, _headers(args.header))
+            if args.count and n >= args.count:
+                await bg.flush()
+                return
+
+    await _until_signal(asyncio.ensure_future(work()))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="busgate-cli", description="Publish, subscribe, request and reply on a busgate gateway.")
+    p.add_argument("--url", default=os.environ.get("BUSGATE_URL", DEFAULT_URL),
+                   help="gateway URL: busgate://, busgate+tls://, ws://, wss:// (default $BUSGATE_URL or %(default)s)")
+    p.add_argument("--token", default=os.environ.get("BUSGATE_TOKEN"), help="tenant token (default $BUSGATE_TOKEN)")
+    p.add_argument("--name", default=None, help="client name shown by the gateway")
+    p.add_argument("--ws-json", action="store_true", help="on ws:// URLs, use the busgate.v1.json subprotocol")
+    sp = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    pub = sp.add_parser("pub", help="publish a message")
+    pub.add_argument("subject")
+    pub.add_argument("data", nargs="?", default="", help="payload ('-' reads stdin)")
+    pub.add_argument("-H", "--header", action="append", help="KEY=VALUE, repeatable")
+    pub.add_argument("--reply-to", default=None)
+    pub.add_argument("--count", type=int, default=1, help="publish it this many times")
+    pub.add_argument("--ack", action="store_true", help="wait for the gateway's OK for each message")
+
+    sub = sp.add_parser("sub", help="subscribe and print messages")
+    sub.add_argument("subject")
+    sub.add_argument("--queue", default=None)
+    sub.add_argument("--count", type=int, default=0, help="exit after this many messages (0: never)")
+    sub.add_argument("--json", action="store_true", help="one JSON object per message")
+    sub.add_argument("--raw", action="store_true", help="print only the payloads")
+
+    req = sp.add_parser("req", help="send a request and print the reply")
+    req.add_argument("subject")
+    req.add_argument("data", nargs="?", default="", help="payload ('-' reads stdin)")
+    req.add_argument("-H", "--header", action="append", help="KEY=VALUE, repeatable")
+    req.add_argument("--timeout", type=float, default=None, help="seconds (default: the gateway's)")
+    req.add_argument("--json", action="store_true", help="print the reply as a JSON object")
+    req.add_argument("--raw", action="store_true", help="print only the payload (the default)")
+
+    rep = sp.add_parser("reply", help="answer requests: echo them, or send a fixed response")
+    rep.add_argument("subject")
+    rep.add_argument("response", nargs="?", default=None, help="fixed response (default: echo the request)")
+    rep.add_argument("--echo", action="store_true", help="echo the request (the default without RESPONSE)")
+    rep.add_argument("--queue", default=None)
+    rep.add_argument("-H", "--header", action="append", help="KEY=VALUE on every reply, repeatable")
+    rep.add_argument("--count", type=int, default=0, help="exit after this many requests (0: never)")
+    rep.add_argument("--json", action="store_true", help="print each request as a JSON object")
+    rep.add_argument("-v", "--verbose", action="store_true", help="print each request")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code = asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        code = 130
+    except E.BusgateError as e:
+        print(f"busgate-cli: {e}", file=sys.stderr)
+        code = 1
+    except OSError as e:
+        print(f"busgate-cli: {e}", file=sys.stderr)
+        code = 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
