@@ -296,3 +296,22 @@ def json_canonical_problems(frame: list, text: str) -> list[str]:
     if len(frame) > 1 and frame[-1] is None:
         out.append("trailing null field")
     return out
+
+
+def normalize(frame: list) -> list:
+    """The canonical form of a decoded gateway frame (section 3.3): fields after the last defined one
+    dropped, absent optional values (nil, {} headers, [] servers, optional uint 0) as nil, trailing
+    nils removed. Scenario patterns are matched against this form."""
+    spec = _GATEWAY_FIELDS.get(frame[0]) if frame else None
+    if spec is None:
+        return list(frame)
+    out = list(frame[:len(spec) + 1])
+    for i, (name, _, optional) in enumerate(spec, start=1):
+        if i < len(out) and optional:
+            v = out[i]
+            if (name == "headers" and v == {}) or (name == "servers" and v == []) or \
+                    (name in ("ref_op", "ref_id", "delivery_id") and v == 0 and not isinstance(v, bool)):
+                out[i] = None
+    while len(out) > 1 and out[-1] is None:
+        out.pop()
+    return out

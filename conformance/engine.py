@@ -212,7 +212,7 @@ class Conn:
                 rawv = raw
         except (codec.DecodeError, UnicodeDecodeError) as e:
             raise Fail(f"{self.name}: the gateway sent a frame a client must reject ({e}): {raw[:80]!r}") from e
-        f = Frame(fields, codec.view(fields), rawv, problems)
+        f = Frame(fields, codec.view(codec.normalize(fields)), rawv, problems)
         for p in problems:
             self.ctx.non_strict(f"gateway frame not canonical ({p}): {f!r}")
         if f.op not in codec.OP_NAMES:
@@ -544,6 +544,7 @@ class Context:
             except Closed as e:
                 raise Fail(f"{c.name}: connection closed ({e}) where nothing was expected") from None
             if f.op == PING and c.auto_pong:
+                c.pings += 1
                 c.send([PONG])
                 continue
             raise Fail(f"{c.name}: unexpected frame {f!r} (nothing expected within {ms:.0f} ms)")
@@ -557,8 +558,20 @@ class Context:
             raise Fail(f"{c.name}: connection closed after {after} ({e}); it must stay open") from None
 
     def sub(self, c: Conn, sid: int, subject: str, queue: str | None = None):
+        """SUB and its OK. MSGs for the sid may arrive before the OK (section 7.4): they stay queued."""
         c.send([codec.SUB, sid, subject] + ([queue] if queue else []))
-        self.expect(c, [OK, 4, sid])
+        early = []
+        while True:
+            f = self._next(c, self.t(3000), f"OK [9, 4, {sid}]")
+            if f.op == MSG and f.fields[1] == sid:
+                early.append(f)
+                continue
+            if match([OK, 4, sid], f.view, self.vars, {}):
+                break
+            if self._unsupported(f):
+                raise Unimplemented(f"{c.name}: gateway answered NOT_SUPPORTED: {f!r}")
+            raise Fail(f"{c.name}: expected [9, 4, {sid}], got {f!r}")
+        c.queue.extendleft(reversed(early))
 
 
 def _mentions_ws(e: WsRefused) -> bool:

@@ -199,10 +199,10 @@ GatewayConfig parse_config(const std::string& text) {
   if (!root || root.IsNull()) throw ConfigError("(top level): the configuration is empty");
   try {
     only_keys(root, "",
-              {"node_id", "listen", "threads", "log", "timeouts", "limits", "admin", "bus", "tenants"});
+              {"node_id", "listen", "tls", "threads", "log", "timeouts", "limits", "admin", "bus", "tenants"});
     if (root["node_id"]) c.node_id = get_str(root["node_id"], "node_id");
     if (const auto l = root["listen"]) {
-      only_keys(l, "listen", {"tcp", "http"});
+      only_keys(l, "listen", {"tcp", "http", "tls", "https"});
       auto endpoint_or_off = [](const YAML::Node& n, const std::string& key) -> std::optional<Endpoint> {
         const auto s = get_str(n, key);
         if (s == "off" || s.empty()) return std::nullopt;
@@ -210,7 +210,19 @@ GatewayConfig parse_config(const std::string& text) {
       };
       if (l["tcp"]) c.tcp = endpoint_or_off(l["tcp"], "listen.tcp");
       if (l["http"]) c.http = endpoint_or_off(l["http"], "listen.http");
+      if (l["tls"]) c.tls = endpoint_or_off(l["tls"], "listen.tls");
+      if (l["https"]) c.https = endpoint_or_off(l["https"], "listen.https");
     }
+    if (const auto t = root["tls"]) {
+      only_keys(t, "tls", {"cert_file", "key_file", "client_ca_file"});
+      if (t["cert_file"]) c.tls_files.cert_file = get_str(t["cert_file"], "tls.cert_file");
+      if (t["key_file"]) c.tls_files.key_file = get_str(t["key_file"], "tls.key_file");
+      if (t["client_ca_file"]) c.tls_files.client_ca_file = get_str(t["client_ca_file"], "tls.client_ca_file");
+      if (c.tls_files.cert_file.empty() != c.tls_files.key_file.empty())
+        fail(c.tls_files.cert_file.empty() ? "tls.cert_file" : "tls.key_file", "is required with the other");
+    }
+    if ((c.tls || c.https) && !c.tls_files.enabled())
+      fail(c.tls ? "listen.tls" : "listen.https", "needs tls.cert_file and tls.key_file");
     if (root["threads"]) c.threads = get_num<unsigned>(root["threads"], "threads", 0, 256);
     if (const auto l = root["log"]) {
       only_keys(l, "log", {"level", "format"});

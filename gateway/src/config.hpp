@@ -58,10 +58,20 @@ struct BusConfig {
   std::string name;  // connection name, default "busgate-<node_id>"
 };
 
+struct TlsConfig {
+  std::string cert_file;       // PEM certificate chain
+  std::string key_file;        // PEM private key
+  std::string client_ca_file;  // PEM CA bundle: when set, clients must present a certificate it signed
+  bool enabled() const { return !cert_file.empty(); }
+};
+
 struct GatewayConfig {
   std::string node_id;  // default: hostname-pid
   std::optional<Endpoint> tcp = Endpoint{"127.0.0.1", 7422};
   std::optional<Endpoint> http = Endpoint{"127.0.0.1", 7480};
+  std::optional<Endpoint> tls;    // busgate over TLS (busgate+tls://); needs `tls`
+  std::optional<Endpoint> https;  // HTTPS and WSS; needs `tls`
+  TlsConfig tls_files;
   unsigned threads = 0;  // 0 = one per core
   std::string log_level = "info";
   std::string log_format = "text";  // text | json

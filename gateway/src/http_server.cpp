@@ -6,6 +6,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket/rfc6455.hpp>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -143,17 +144,35 @@ json connection_json(const Session::Info& i) {
               {"bytes_out", i.bytes_out}, {"pending_bytes", i.pending_bytes}};
 }
 
-class HttpSession : public std::enable_shared_from_this<HttpSession> {
+template <class Stream>
+constexpr bool kTls = !std::is_same_v<Stream, beast::tcp_stream>;
+
+// One HTTP connection: plain (beast::tcp_stream) or HTTPS (beast::ssl_stream<beast::tcp_stream>).
+template <class Stream>
+class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
  public:
-  HttpSession(Server& server, tcp::socket sock) : server_(server), stream_(std::move(sock)) {}
-  void start() { do_read(); }
+  template <class... Args>
+  HttpSession(Server& server, Args&&... args) : server_(server), stream_(std::forward<Args>(args)...) {}
+
+  void start() {
+    if constexpr (kTls<Stream>) {
+      beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(10));
+      stream_.async_handshake(asio::ssl::stream_base::server, [self = this->shared_from_this()](beast::error_code ec) {
+        if (ec) return self->close();
+        self->do_read();
+      });
+    } else {
+      do_read();
+    }
+  }
 
  private:
   void do_read() {
     parser_.emplace();
     parser_->body_limit(64 * 1024);
-    stream_.expires_after(std::chrono::seconds(30));
-    http::async_read(stream_, buf_, *parser_, beast::bind_front_handler(&HttpSession::on_read, shared_from_this()));
+    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(30));
+    http::async_read(stream_, buf_, *parser_,
+                     [self = this->shared_from_this()](beast::error_code ec, size_t n) { self->on_read(ec, n); });
   }
 
   void on_read(beast::error_code ec, size_t) {
@@ -163,7 +182,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     auto res = std::make_shared<http::response<http::string_body>>(route());
     res->keep_alive(req_.keep_alive());
     res->prepare_payload();
-    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code e, size_t) {
+    http::async_write(stream_, *res, [self = this->shared_from_this(), res](beast::error_code e, size_t) {
       if (e || !res->keep_alive()) return self->close();
       self->do_read();
     });
@@ -181,8 +200,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return reply(http::status::bad_request,
                    "offer the subprotocol busgate.v1 (binary) or busgate.v1.json (text) in Sec-WebSocket-Protocol\n");
     if (server_.draining()) return reply(http::status::service_unavailable, "draining\n");
-    stream_.expires_never();
-    start_websocket(server_, stream_.release_socket(), std::move(req_), sp);
+    beast::get_lowest_layer(stream_).expires_never();
+    if constexpr (kTls<Stream>) start_websocket(server_, std::move(stream_), std::move(req_), sp);
+    else start_websocket(server_, stream_.release_socket(), std::move(req_), sp);
   }
 
   void reply(http::status st, std::string body) {
@@ -192,7 +212,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     res->body() = std::move(body);
     res->keep_alive(false);
     res->prepare_payload();
-    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code, size_t) { self->close(); });
+    http::async_write(stream_, *res, [self = this->shared_from_this(), res](beast::error_code, size_t) { self->close(); });
   }
 
   bool admin_authorized() const {
@@ -307,11 +327,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   void close() {
     beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    beast::get_lowest_layer(stream_).socket().shutdown(tcp::socket::shutdown_send, ec);
   }
 
   Server& server_;
-  beast::tcp_stream stream_;
+  Stream stream_;
   beast::flat_buffer buf_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::request<http::string_body> req_;
@@ -320,46 +340,58 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 }  // namespace
 
 struct HttpServer::Impl {
-  Impl(Server& s, asio::io_context& c) : server(s), ctx(c), acceptor(c) {}
+  Impl(Server& s, asio::io_context& c) : server(s), ctx(c) {}
   Server& server;
   asio::io_context& ctx;
-  tcp::acceptor acceptor;
+  std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
 
-  void accept() {
-    acceptor.async_accept(server.next_context(), [this](beast::error_code ec, tcp::socket sock) {
-      if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+  tcp::acceptor& listen(const Endpoint& ep, const char* what) {
+    tcp::endpoint endpoint(asio::ip::make_address(ep.host), ep.port);
+    auto acc = std::make_unique<tcp::acceptor>(ctx);
+    acc->open(endpoint.protocol());
+    acc->set_option(tcp::acceptor::reuse_address(true));
+    acc->bind(endpoint);
+    acc->listen(asio::socket_base::max_listen_connections);
+    const auto local = acc->local_endpoint();
+    spdlog::info("{} listening on {}:{}", what, local.address().to_string(), local.port());
+    acceptors.push_back(std::move(acc));
+    return *acceptors.back();
+  }
+
+  void accept(tcp::acceptor& acc, asio::ssl::context* tls) {
+    acc.async_accept(server.next_context(), [this, &acc, tls](beast::error_code ec, tcp::socket sock) {
+      if (ec == asio::error::operation_aborted || !acc.is_open()) return;
       if (!ec) {
         auto ex = sock.get_executor();
-        auto s = std::make_shared<HttpSession>(server, std::move(sock));
-        asio::post(ex, [s] { s->start(); });
+        if (tls) {
+          auto s = std::make_shared<HttpSession<beast::ssl_stream<beast::tcp_stream>>>(server, std::move(sock), *tls);
+          asio::post(ex, [s] { s->start(); });
+        } else {
+          auto s = std::make_shared<HttpSession<beast::tcp_stream>>(server, std::move(sock));
+          asio::post(ex, [s] { s->start(); });
+        }
       }
-      accept();
+      accept(acc, tls);
     });
   }
 };
 
-HttpServer::HttpServer(Server& server, asio::io_context& ctx) : impl_(std::make_unique<Impl>(server, ctx)) {}
+HttpServer::HttpServer(Server& server, asio::io_context& ctx) : impl_(std::make_unique<Impl>(server, ctx)) {
+  if (server.config().admin_token_sha256.empty()) spdlog::info("admin API disabled (no admin.token_sha256)");
+}
 HttpServer::~HttpServer() = default;
 
-void HttpServer::start(const Endpoint& ep) {
-  tcp::endpoint endpoint(asio::ip::make_address(ep.host), ep.port);
-  auto& acc = impl_->acceptor;
-  acc.open(endpoint.protocol());
-  acc.set_option(tcp::acceptor::reuse_address(true));
-  acc.bind(endpoint);
-  acc.listen(asio::socket_base::max_listen_connections);
-  const auto local = acc.local_endpoint();
-  spdlog::info("http listening on {}:{}", local.address().to_string(), local.port());
-  if (impl_->server.config().admin_token_sha256.empty())
-    spdlog::info("admin API disabled (no admin.token_sha256)");
-  impl_->accept();
+void HttpServer::start(const Endpoint& ep) { impl_->accept(impl_->listen(ep, "http"), nullptr); }
+
+void HttpServer::start_tls(const Endpoint& ep, asio::ssl::context& tls) {
+  impl_->accept(impl_->listen(ep, "https"), &tls);
 }
 
 void HttpServer::stop_accepting() {}  // health, readiness and metrics stay reachable while draining
 
 void HttpServer::stop() {
   beast::error_code ec;
-  impl_->acceptor.close(ec);
+  for (auto& a : impl_->acceptors) a->close(ec);
 }
 
 }  // namespace busgate::gw

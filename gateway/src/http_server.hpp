@@ -1,6 +1,6 @@
 #pragma once
-// The HTTP listener: health and readiness endpoints (later also metrics, admin API, WebSocket and
-// the debug console). Kept out of other headers so Beast is compiled in one place.
+// The HTTP listener(s): /healthz, /readyz, /metrics, the admin API, /debug and the WebSocket
+// endpoint /v1/ws, over HTTP and, when configured, HTTPS. Beast stays out of other headers.
 
 #include <memory>
 
@@ -8,7 +8,10 @@
 
 namespace boost::asio {
 class io_context;
+namespace ssl {
+class context;
 }
+}  // namespace boost::asio
 
 namespace busgate::gw {
 
@@ -18,7 +21,8 @@ class HttpServer {
  public:
   HttpServer(Server& server, boost::asio::io_context& ctx);
   ~HttpServer();
-  void start(const Endpoint& ep);
+  void start(const Endpoint& ep);                                     // HTTP
+  void start_tls(const Endpoint& ep, boost::asio::ssl::context& tls);  // HTTPS (and WSS)
   void stop_accepting();
   void stop();
 

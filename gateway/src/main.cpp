@@ -14,7 +14,8 @@ int main(int argc, char** argv) {
   CLI::App app{"busgate: a multi-tenant gateway that relays the busgate protocol (TCP, WebSocket) to a message bus.\n"
                "With no --config it runs the embedded default: memory bus and a 'demo' tenant on localhost."};
   app.set_version_flag("--version", "busgate 0.1.0");
-  std::string config_path, check_path, tcp, http, log_format, log_level, hash_token, nats_url;
+  std::string config_path, check_path, tcp, http, tls, https, tls_cert, tls_key, tls_client_ca, log_format, log_level,
+      hash_token, nats_url;
   bool dev = false;
   unsigned threads = 0;
   app.add_flag("--dev", dev, "Run the embedded default (memory bus, tenant 'demo', token 'dev-token') even if "
@@ -23,6 +24,11 @@ int main(int argc, char** argv) {
   app.add_option("--check-config", check_path, "Validate a YAML configuration file and exit (0 = valid)");
   app.add_option("--tcp", tcp, "TCP listener HOST:PORT (port 0 picks a free port; 'off' disables)");
   app.add_option("--http", http, "HTTP listener HOST:PORT for /healthz, /readyz (port 0 picks a free port)");
+  app.add_option("--tls", tls, "busgate-over-TLS listener HOST:PORT (needs --tls-cert and --tls-key)");
+  app.add_option("--https", https, "HTTPS/WSS listener HOST:PORT (needs --tls-cert and --tls-key)");
+  app.add_option("--tls-cert", tls_cert, "PEM certificate chain for --tls and --https");
+  app.add_option("--tls-key", tls_key, "PEM private key for --tls and --https");
+  app.add_option("--tls-client-ca", tls_client_ca, "PEM CA bundle: require client certificates signed by it (mTLS)");
   app.add_option("--nats", nats_url, "Use a NATS bus at this URL (overrides bus: in the config)");
   app.add_option("--threads", threads, "I/O threads (default: one per core)");
   app.add_option("--log-format", log_format, "Log format: text or json")->check(CLI::IsMember({"text", "json"}));
@@ -50,6 +56,13 @@ int main(int argc, char** argv) {
     cfg = config_path.empty() ? dev_config() : load_config_file(config_path);
     if (!tcp.empty()) cfg.tcp = tcp == "off" ? std::nullopt : std::optional(parse_endpoint(tcp, "--tcp"));
     if (!http.empty()) cfg.http = http == "off" ? std::nullopt : std::optional(parse_endpoint(http, "--http"));
+    if (!tls_cert.empty()) cfg.tls_files.cert_file = tls_cert;
+    if (!tls_key.empty()) cfg.tls_files.key_file = tls_key;
+    if (!tls_client_ca.empty()) cfg.tls_files.client_ca_file = tls_client_ca;
+    if (!tls.empty()) cfg.tls = tls == "off" ? std::nullopt : std::optional(parse_endpoint(tls, "--tls"));
+    if (!https.empty()) cfg.https = https == "off" ? std::nullopt : std::optional(parse_endpoint(https, "--https"));
+    if ((cfg.tls || cfg.https) && !cfg.tls_files.enabled())
+      throw ConfigError("--tls/--https: need --tls-cert and --tls-key (or tls.cert_file and tls.key_file)");
     if (!nats_url.empty()) {
       cfg.bus.kind = "nats";
       cfg.bus.servers = {nats_url};

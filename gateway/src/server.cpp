@@ -6,12 +6,14 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include "http_server.hpp"
 #include "memory_bus.hpp"
 #include "session.hpp"
 #include "tcp_transport.hpp"
+#include "tls.hpp"
 
 namespace busgate::gw {
 
@@ -21,6 +23,8 @@ using asio::ip::tcp;
 struct Server::Impl {
   explicit Impl(asio::io_context& ctx) : signals(ctx), drain_timer(ctx) {}
   std::unique_ptr<tcp::acceptor> tcp_acceptor;
+  std::unique_ptr<tcp::acceptor> tls_acceptor;
+  std::unique_ptr<asio::ssl::context> tls;
   asio::signal_set signals;
   asio::steady_timer drain_timer;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work0;
@@ -47,47 +51,56 @@ static void log_listening(const char* what, const tcp::endpoint& ep) {
   spdlog::info("{} listening on {}:{}", what, host, ep.port());
 }
 
-void Server::start_tcp() {
-  if (!cfg_.tcp) return;
-  auto& ctx = *contexts_[0];
-  const auto addr = asio::ip::make_address(cfg_.tcp->host);
-  impl_->tcp_acceptor = std::make_unique<tcp::acceptor>(ctx);
-  auto& acc = *impl_->tcp_acceptor;
-  tcp::endpoint ep(addr, cfg_.tcp->port);
-  acc.open(ep.protocol());
-  acc.set_option(tcp::acceptor::reuse_address(true));
-  acc.bind(ep);
-  acc.listen(asio::socket_base::max_listen_connections);
-  log_listening("tcp", acc.local_endpoint());
-  if (config_path_.empty())
-    spdlog::info("connect with: busgate://{}:{} and HELLO auth {{\"method\": \"token\", \"token\": \"{}\"}}",
-                 cfg_.tcp->host, acc.local_endpoint().port(), kDevToken);
-  struct Accept {
-    Server* self;
-    void operator()() const {
-      auto& acc = *self->impl_->tcp_acceptor;
-      acc.async_accept(self->next_context(), [s = self](const boost::system::error_code& ec, tcp::socket sock) {
-        if (ec == asio::error::operation_aborted || !s->impl_->tcp_acceptor->is_open()) return;
-        if (!ec) {
-          // The transport runs on the context its socket was accepted onto.
-          auto t = std::make_shared<TcpTransport>(*s, std::move(sock));
-          asio::post(t->executor(), [t] { t->start(); });
-        } else {
-          spdlog::warn("accept failed: {}", ec.message());
-        }
-        Accept{s}();
-      });
+static std::unique_ptr<tcp::acceptor> listen_on(asio::io_context& ctx, const Endpoint& e, const char* what) {
+  auto acc = std::make_unique<tcp::acceptor>(ctx);
+  tcp::endpoint ep(asio::ip::make_address(e.host), e.port);
+  acc->open(ep.protocol());
+  acc->set_option(tcp::acceptor::reuse_address(true));
+  acc->bind(ep);
+  acc->listen(asio::socket_base::max_listen_connections);
+  log_listening(what, acc->local_endpoint());
+  return acc;
+}
+
+// Accepts forever on `acc`; each socket goes to the next io_context and `start` runs there.
+template <class Start>
+static void accept_loop(Server* self, tcp::acceptor* acc, Start start) {
+  acc->async_accept(self->next_context(), [self, acc, start](const boost::system::error_code& ec, tcp::socket sock) {
+    if (ec == asio::error::operation_aborted || !acc->is_open()) return;
+    if (!ec) {
+      auto ex = sock.get_executor();
+      asio::post(ex, [start, s = std::make_shared<tcp::socket>(std::move(sock))]() mutable { start(std::move(*s)); });
+    } else {
+      spdlog::warn("accept failed: {}", ec.message());
     }
-  };
-  Accept{this}();
+    accept_loop(self, acc, start);
+  });
+}
+
+void Server::start_tcp() {
+  auto& ctx = *contexts_[0];
+  if (cfg_.tcp) {
+    impl_->tcp_acceptor = listen_on(ctx, *cfg_.tcp, "tcp");
+    if (config_path_.empty())
+      spdlog::info("connect with: busgate://{}:{} and HELLO auth {{\"method\": \"token\", \"token\": \"{}\"}}",
+                   cfg_.tcp->host, impl_->tcp_acceptor->local_endpoint().port(), kDevToken);
+    accept_loop(this, impl_->tcp_acceptor.get(), [this](tcp::socket s) { start_tcp_connection(*this, std::move(s)); });
+  }
+  if (cfg_.tls_files.enabled()) impl_->tls = make_server_tls_context(cfg_.tls_files);
+  if (cfg_.tls) {
+    impl_->tls_acceptor = listen_on(ctx, *cfg_.tls, "tls");
+    accept_loop(this, impl_->tls_acceptor.get(),
+                [this](tcp::socket s) { start_tls_connection(*this, std::move(s), *impl_->tls); });
+  }
 }
 
 int Server::run() {
   try {
     start_tcp();
-    if (cfg_.http) {
+    if (cfg_.http || cfg_.https) {
       http_ = std::make_unique<HttpServer>(*this, *contexts_[0]);
-      http_->start(*cfg_.http);
+      if (cfg_.http) http_->start(*cfg_.http);
+      if (cfg_.https) http_->start_tls(*cfg_.https, *impl_->tls);
     }
   } catch (const std::exception& e) {
     spdlog::critical("cannot start listeners: {}", e.what());
@@ -179,6 +192,7 @@ void Server::begin_drain() {
     if (draining_.exchange(true)) return;
     boost::system::error_code ec;
     if (impl_->tcp_acceptor) impl_->tcp_acceptor->close(ec);
+    if (impl_->tls_acceptor) impl_->tls_acceptor->close(ec);
     if (http_) http_->stop_accepting();
     drain_deadline_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.drain_timeout_ms);
     const auto all = sessions();

@@ -4,7 +4,9 @@
 
 #include <boost/asio/post.hpp>
 #include <boost/beast/core.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
 #include <deque>
 
 #include "busgate/protocol/frame.hpp"
@@ -51,14 +53,14 @@ websocket::close_code close_code_for(Code c) {
   }
 }
 
-class WsTransport final : public Transport, public std::enable_shared_from_this<WsTransport> {
+template <class NextLayer>
+class WsTransport final : public Transport, public std::enable_shared_from_this<WsTransport<NextLayer>> {
  public:
-  WsTransport(Server& server, asio::ip::tcp::socket socket, bool json)
-      : server_(server), ws_(std::move(socket)), json_(json) {
+  WsTransport(Server& server, NextLayer next, bool json) : server_(server), ws_(std::move(next)), json_(json) {
     beast::error_code ec;
-    const auto ep = ws_.next_layer().socket().remote_endpoint(ec);
+    const auto ep = socket().remote_endpoint(ec);
     remote_ = ec ? std::string("?") : ep.address().to_string() + ":" + std::to_string(ep.port());
-    ws_.next_layer().socket().set_option(asio::ip::tcp::no_delay(true), ec);
+    socket().set_option(asio::ip::tcp::no_delay(true), ec);
   }
 
   void start(http::request<http::string_body> req, std::string subprotocol) {
@@ -70,9 +72,10 @@ class WsTransport final : public Transport, public std::enable_shared_from_this<
     ws_.read_message_max(0);  // the size limit is enforced below, so an ERR can precede the close
     ws_.auto_fragment(false);
     req_ = std::move(req);
-    ws_.async_accept(req_, [self = shared_from_this()](beast::error_code ec) {
+    ws_.async_accept(req_, [self = this->shared_from_this()](beast::error_code ec) {
       if (ec) return self->finish("websocket handshake failed: " + ec.message());
-      self->session_ = std::make_shared<Session>(self->server_, self->ws_.get_executor(), self->server_.next_session_id());
+      self->session_ =
+          std::make_shared<Session>(self->server_, self->ws_.get_executor(), self->server_.next_session_id());
       self->session_->attach(self.get());
       self->server_.add_session(self->session_);
       self->do_read();
@@ -105,7 +108,7 @@ class WsTransport final : public Transport, public std::enable_shared_from_this<
     closing_ = true;
     websocket::close_reason cr(close_code_for(reason));
     if (reason != Code::ok) cr.reason = std::string(proto::code_name(reason));
-    ws_.async_close(cr, [self = shared_from_this()](beast::error_code) {
+    ws_.async_close(cr, [self = this->shared_from_this()](beast::error_code) {
       // the read loop sees the peer's Close (or an error) and finishes
     });
   }
@@ -113,16 +116,21 @@ class WsTransport final : public Transport, public std::enable_shared_from_this<
   void abort() override {
     closing_ = true;
     beast::error_code ec;
-    ws_.next_layer().socket().close(ec);
+    socket().close(ec);
   }
 
   void set_max_frame(size_t max_frame) override { max_frame_ = max_frame; }
-  const char* kind() const override { return json_ ? "ws-json" : "ws"; }
+  const char* kind() const override {
+    constexpr bool tls = !std::is_same_v<NextLayer, beast::tcp_stream>;
+    return json_ ? (tls ? "wss-json" : "ws-json") : (tls ? "wss" : "ws");
+  }
   const std::string& remote() const override { return remote_; }
 
  private:
+  asio::ip::tcp::socket& socket() { return beast::get_lowest_layer(ws_).socket(); }
+
   void do_read() {
-    ws_.async_read_some(buf_, 64 * 1024, [self = shared_from_this()](beast::error_code ec, size_t) {
+    ws_.async_read_some(buf_, 64 * 1024, [self = this->shared_from_this()](beast::error_code ec, size_t) {
       self->on_read(ec);
     });
   }
@@ -160,7 +168,7 @@ class WsTransport final : public Transport, public std::enable_shared_from_this<
 
   // After a fatal error, keep reading (and discarding) until the Close handshake ends.
   void drain_reads() {
-    ws_.async_read_some(buf_, 64 * 1024, [self = shared_from_this()](beast::error_code ec, size_t) {
+    ws_.async_read_some(buf_, 64 * 1024, [self = this->shared_from_this()](beast::error_code ec, size_t) {
       self->buf_.consume(self->buf_.size());
       if (ec) return self->finish(ec == websocket::error::closed ? "peer closed" : ec.message());
       self->drain_reads();
@@ -172,7 +180,7 @@ class WsTransport final : public Transport, public std::enable_shared_from_this<
       auto done = std::move(done_);
       return done(true);
     }
-    ws_.async_write(asio::buffer(pending_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
+    ws_.async_write(asio::buffer(pending_.front()), [self = this->shared_from_this()](beast::error_code ec, size_t) {
       if (ec) {
         auto done = std::move(self->done_);
         return done(false);
@@ -192,7 +200,7 @@ class WsTransport final : public Transport, public std::enable_shared_from_this<
   }
 
   Server& server_;
-  websocket::stream<beast::tcp_stream> ws_;
+  websocket::stream<NextLayer> ws_;
   bool json_;
   http::request<http::string_body> req_;
   std::shared_ptr<Session> session_;
@@ -210,7 +218,15 @@ class WsTransport final : public Transport, public std::enable_shared_from_this<
 void start_websocket(Server& server, asio::ip::tcp::socket socket, http::request<http::string_body> req,
                      std::string subprotocol) {
   const bool json = subprotocol == "busgate.v1.json";
-  auto t = std::make_shared<WsTransport>(server, std::move(socket), json);
+  auto t = std::make_shared<WsTransport<beast::tcp_stream>>(server, beast::tcp_stream(std::move(socket)), json);
+  t->start(std::move(req), std::move(subprotocol));
+}
+
+void start_websocket(Server& server, beast::ssl_stream<beast::tcp_stream> stream, http::request<http::string_body> req,
+                     std::string subprotocol) {
+  const bool json = subprotocol == "busgate.v1.json";
+  beast::get_lowest_layer(stream).expires_never();
+  auto t = std::make_shared<WsTransport<beast::ssl_stream<beast::tcp_stream>>>(server, std::move(stream), json);
   t->start(std::move(req), std::move(subprotocol));
 }
 

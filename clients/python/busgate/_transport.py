@@ -9,6 +9,7 @@ never takes more messages than its subscriptions have room for.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import struct
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from urllib.parse import urlsplit
 
 from . import errors as E
 from . import protocol as P
+
+log = logging.getLogger("busgate")
 
 DEFAULT_PORT = 7422
 _LEN = struct.Struct(">I").pack
@@ -214,7 +217,10 @@ class TcpTransport(Transport):
                     # MALFORMED_FRAME / FRAME_TOO_LARGE from the gateway: close the connection
                     self._fail(e)
                     return
-                on_frame(frame)
+                try:
+                    on_frame(frame)
+                except Exception:  # a bug in a handler must not kill the connection's reading
+                    log.exception("busgate: handling a %s frame failed", frame.op_name)
         finally:
             self._processing = False
 
@@ -374,7 +380,10 @@ class WebSocketTransport(Transport):
                         frame = P.decode(bytes(msg), P.GATEWAY)
                 except (E.UnknownOp, E.UnexpectedOp):
                     continue
-                self.sink.on_frame(frame)
+                try:
+                    self.sink.on_frame(frame)
+                except Exception:
+                    log.exception("busgate: handling a %s frame failed", frame.op_name)
         except asyncio.CancelledError:
             pass
         except E.BusgateError as e:

@@ -34,6 +34,13 @@ Data = Union[bytes, bytearray, memoryview, str]
 Callback = Callable[..., Any]
 
 
+def _fail(fut: asyncio.Future, exc: BaseException) -> None:
+    """Fail a future that may have no awaiter any more, without 'exception was never retrieved'."""
+    if not fut.done():
+        fut.set_exception(exc)
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
 def _payload(data: Data | None) -> bytes:
     if data is None:
         return b""
@@ -212,6 +219,14 @@ class Subscription:
                     raise E.Timeout(f"no message on {self.subject!r} within {timeout} s") from None
         return self._take()
 
+    async def _wait(self) -> None:
+        """Return once a message is queued or the subscription has ended (takes nothing)."""
+        if self._q or self._closed:
+            return
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
+
     def __aiter__(self) -> AsyncIterator[Msg]:
         return self
 
@@ -272,19 +287,24 @@ class Subscription:
         is_coro = inspect.iscoroutinefunction(cb)
 
         async def run() -> None:
+            q = self._q
             while True:
-                try:
-                    msg = await self.next()
-                except E.SubscriptionClosed:
-                    return
-                try:
-                    r = cb(msg)
-                    if is_coro or inspect.isawaitable(r):
-                        await r
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:  # the callback's own failure: report it, keep going
-                    self._client._report(e)
+                if not q:
+                    if self._closed:
+                        return
+                    await self._wait()
+                    continue
+                # deliver everything queued without a coroutine per message
+                while q:
+                    msg = self._take()
+                    try:
+                        r = cb(msg)
+                        if is_coro or (r is not None and inspect.isawaitable(r)):
+                            await r
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as e:  # the callback's own failure: report it, keep going
+                        self._client._report(e)
 
         self._task = asyncio.get_running_loop().create_task(run())
 
@@ -354,23 +374,20 @@ class _Connection:
         self.state = "closed"
         err = self.close_error or (exc if isinstance(exc, E.BusgateError) else None) \
             or E.ConnectionLost(f"the connection to {self.url} was lost" + (f": {exc}" if exc else ""))
-        if not self.handshake.done():
-            self.handshake.set_exception(err)
+        _fail(self.handshake, err)
         if self._hb_task is not None:
             self._hb_task.cancel()
         for fut, _ in self.inflight.values():
-            if not fut.done():
-                fut.set_exception(err if isinstance(err, E.ShuttingDown) else E.ConnectionLost(str(err)))
+            _fail(fut, err if isinstance(err, E.ShuttingDown) else E.ConnectionLost(str(err)))
         self.inflight.clear()
         for d in (self.acks, self.sub_oks):
             for fut in d.values():
-                if not fut.done():
-                    fut.set_exception(E.ConnectionLost(str(err)))
+                _fail(fut, E.ConnectionLost(str(err)))
             d.clear()
         while self.pongs:
             w = self.pongs.popleft()
-            if w is not None and not w.done():
-                w.set_exception(E.ConnectionLost(str(err)))
+            if w is not None:
+                _fail(w, E.ConnectionLost(str(err)))
         self.changed.set()
         if not self.closed.done():
             self.closed.set_result(err)
@@ -539,10 +556,10 @@ class Client:
         self.pending_bytes_limit = pending_bytes_limit
         self._heartbeat_ms = heartbeat_ms
         self._max_frame = max_frame
-        self._on_disconnect = on_disconnect
-        self._on_reconnect = on_reconnect
-        self._on_error = on_error
-        self._on_goaway = on_goaway
+        self._cb_disconnect = on_disconnect
+        self._cb_reconnect = on_reconnect
+        self._cb_error = on_error
+        self._cb_goaway = on_goaway
 
         self._conn: _Connection | None = None
         self._retiring: set[_Connection] = set()
@@ -699,7 +716,7 @@ class Client:
                 self._report(e)
         for old in list(self._retiring):
             self._spawn(self._retire(old))
-        await self._call(self._on_reconnect)
+        await self._call(self._cb_reconnect)
 
     async def _retire(self, old: _Connection) -> None:
         """Section 14, steps 2-4 for the old connection: stop its subscriptions (they now live on the
@@ -744,7 +761,7 @@ class Client:
             return
         self.last_error = err
         log.info("busgate: disconnected from %s: %s", conn.url, err)
-        self._spawn(self._call(self._on_disconnect, err))
+        self._spawn(self._call(self._cb_disconnect, err))
         if not self.reconnect or isinstance(err, (E.AuthError, E.UnsupportedVersion)):
             self._spawn(self._close_with(err))
             return
@@ -769,7 +786,7 @@ class Client:
             prefer.append(u)
             if u not in self._pool:
                 self._pool.append(u)
-        self._spawn(self._call(self._on_goaway, g))
+        self._spawn(self._call(self._cb_goaway, g))
         self._start_reconnect(prefer or [conn.url])
 
     def _start_reconnect(self, first: list[ServerURL]) -> None:
@@ -903,11 +920,11 @@ class Client:
 
     def _report(self, err: BaseException) -> None:
         self.last_error = err
-        if self._on_error is None:
+        if self._cb_error is None:
             log.warning("busgate: %s", err)
             return
         try:
-            r = self._on_error(err)
+            r = self._cb_error(err)
             if inspect.isawaitable(r):
                 self._spawn(r)
         except Exception:

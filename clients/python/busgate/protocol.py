@@ -463,6 +463,23 @@ def decode(body: bytes, sender: str = GATEWAY) -> Frame:
         raise
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise _malformed(f"the body is not one well-formed msgpack value: {e}") from None
+    if sender == GATEWAY and type(items) is list and items and items[0] == MSG:
+        # Fast path for the hot frame; anything unusual goes through the generic checks of _build.
+        n = len(items)
+        if 4 <= n <= 6:
+            sid, subject, payload = items[1], items[2], items[3]
+            headers = items[4] if n > 4 else None
+            reply_to = items[5] if n > 5 else None
+            if (type(sid) is int and 0 <= sid <= UINT32_MAX and type(subject) is str and type(payload) is bytes
+                    and (reply_to is None or type(reply_to) is str)):
+                if headers is None:
+                    return Msg(sid, subject, payload, None, reply_to)
+                if type(headers) is dict:
+                    for v in headers.values():
+                        if type(v) is not str:
+                            break
+                    else:
+                        return Msg(sid, subject, payload, headers or None, reply_to)
     return _build(items, sender)
 
 
