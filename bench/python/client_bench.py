@@ -87,7 +87,7 @@ def start_nats() -> Proc:
 
 def start_gateway(binary: str, config: pathlib.Path, nats_url: str | None) -> Proc:
     args = [binary, "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--config", str(config),
-            "--log-level", "warn" if False else "info"]
+            "--threads", "2"]
     if nats_url:
         args += ["--nats", nats_url]
     return Proc(args, r"ready \(bus:", r"tcp listening on \S+:(\d+)")
@@ -321,12 +321,13 @@ def main() -> int:
             p.stop()
         tmp.cleanup()
 
-    import msgpack
-    import nats as nats_mod
+    from importlib.metadata import version
     import busgate
+    nats_server = subprocess.run([shutil.which("nats-server") or "/usr/sbin/nats-server", "--version"],
+                                 capture_output=True, text=True).stdout.strip()
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"busgate {busgate.__version__}, nats-py {nats_mod.__version__ if hasattr(nats_mod, '__version__') else '?'}, "
-          f"msgpack {msgpack.version}, best of {args.repeat}")
+          f"busgate {busgate.__version__}, nats-py {version('nats-py')}, msgpack {version('msgpack')}, "
+          f"{nats_server}; n={args.n} (1 KiB: n/4), best of {args.repeat}")
     head = ["payload", "target", "publish msgs/s", "receive msgs/s", "request req/s",
             "publish vs nats-py", "receive vs nats-py", "request vs nats-py"]
     base = {size: (pub, recv, req) for size, label, pub, recv, req in rows if label.startswith("nats-py")}

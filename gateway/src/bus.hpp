@@ -42,6 +42,8 @@ class Bus {
   virtual uint64_t request(std::shared_ptr<BusMessage> msg, ReplyFn fn) = 0;
   virtual void cancel_request(uint64_t token) = 0;
   virtual bool healthy() const = 0;
+  // The largest message (payload and headers) the bus carries; 0 when the bus has no limit.
+  virtual size_t max_message() const { return 0; }
   virtual const char* kind() const = 0;
   virtual BusStats stats() const = 0;
 };

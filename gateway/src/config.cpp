@@ -252,6 +252,8 @@ GatewayConfig parse_config(const std::string& text) {
         c.goaway_delay_ms = get_num<uint32_t>(t["goaway_delay_ms"], "timeouts.goaway_delay_ms", 0, 3600000);
       if (c.request_timeout_ms > c.max_request_timeout_ms)
         fail("timeouts.request_ms", "must not be above timeouts.max_request_ms");
+      if (c.min_heartbeat_ms > c.heartbeat_ms)
+        fail("timeouts.min_heartbeat_ms", "must not be above timeouts.heartbeat_ms (" + std::to_string(c.heartbeat_ms) + ")");
       if (c.goaway_delay_ms > c.drain_timeout_ms)
         fail("timeouts.goaway_delay_ms", "must not be above timeouts.drain_ms");
     }

@@ -58,6 +58,11 @@ void on_error(natsConnection*, natsSubscription* sub, natsStatus err, void*) {
                sub ? " (a subscription fell behind; messages were dropped)" : "");
 }
 
+// cnats 3.4.1 misparses a header whose value is empty (it takes the next line as the value), so
+// empty values do not travel as NATS headers: their keys go, comma-separated, in this header, and the
+// receiving gateway restores them. Clients cannot set or see it (the busgate- prefix is reserved).
+constexpr const char* kEmptyHeaders = "busgate-empty";
+
 // NATS headers → a msgpack map (first value of each key).
 std::string headers_of(natsMsg* m) {
   const char** keys = nullptr;
@@ -65,18 +70,31 @@ std::string headers_of(natsMsg* m) {
   if (natsMsgHeader_Keys(m, &keys, &n) != NATS_OK || n == 0) return {};
   std::string out;
   proto::mp::Writer w(out);
-  std::vector<std::pair<const char*, const char*>> kv;
+  std::vector<std::pair<std::string_view, std::string_view>> kv;
+  std::string_view empties;
   for (int i = 0; i < n; ++i) {
     const char* v = nullptr;
-    if (natsMsgHeader_Get(m, keys[i], &v) == NATS_OK && v) kv.emplace_back(keys[i], v);
+    if (natsMsgHeader_Get(m, keys[i], &v) != NATS_OK || !v) continue;
+    if (std::string_view(keys[i]) == kEmptyHeaders) empties = v;
+    else kv.emplace_back(keys[i], v);
   }
-  free(keys);
-  if (kv.empty()) return {};
+  size_t pos = 0;
+  while (pos < empties.size()) {
+    size_t comma = empties.find(',', pos);
+    if (comma == std::string_view::npos) comma = empties.size();
+    if (comma > pos) kv.emplace_back(empties.substr(pos, comma - pos), std::string_view{});
+    pos = comma + 1;
+  }
+  if (kv.empty()) {
+    free(keys);
+    return {};
+  }
   w.map_header(static_cast<uint32_t>(kv.size()));
   for (const auto& [k, v] : kv) {
-    w.str(k);
-    w.str(proto::is_valid_utf8(v) ? std::string_view(v) : std::string_view("?"));
+    w.str(proto::is_valid_utf8(k) ? k : std::string_view("?"));
+    w.str(proto::is_valid_utf8(v) ? v : std::string_view("?"));
   }
+  free(keys);  // the views above point into the message, not into this array
   return out;
 }
 
@@ -160,6 +178,15 @@ void NatsBus::on_connection_event(const char* what, natsConnection* nc) {
 bool NatsBus::healthy() const {
   return bulk_ && fast_ && natsConnection_Status(bulk_) == NATS_CONN_STATUS_CONNECTED &&
          natsConnection_Status(fast_) == NATS_CONN_STATUS_CONNECTED;
+}
+
+size_t NatsBus::max_message() const {
+  if (fast_ && natsConnection_Status(fast_) == NATS_CONN_STATUS_CONNECTED) {
+    const int64_t m = natsConnection_GetMaxPayload(fast_);
+    if (m > 0) max_payload_.store(m);
+  }
+  const int64_t m = max_payload_.load();
+  return m > 0 ? static_cast<size_t>(m) : 1048576;  // nats-server's default until we know better
 }
 
 BusStats NatsBus::stats() const {
@@ -265,13 +292,20 @@ proto::Code NatsBus::send(natsConnection* nc, const BusMessage& msg) {
   if (!msg.headers.empty()) {
     proto::mp::Reader rd(msg.headers);
     uint32_t n = 0;
+    std::string empties;
     if (rd.read_map(n)) {
       for (uint32_t i = 0; i < n; ++i) {
         std::string_view k, v;
         if (!rd.read_str(k) || !rd.read_str(v)) break;
+        if (v.empty()) {
+          if (!empties.empty()) empties += ',';
+          empties += k;
+          continue;
+        }
         natsMsgHeader_Set(m, std::string(k).c_str(), std::string(v).c_str());
       }
     }
+    if (!empties.empty()) natsMsgHeader_Set(m, kEmptyHeaders, empties.c_str());
   }
   const natsStatus s = natsConnection_PublishMsg(nc, m);
   natsMsg_Destroy(m);

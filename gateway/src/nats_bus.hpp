@@ -30,6 +30,7 @@ class NatsBus final : public Bus {
   uint64_t request(std::shared_ptr<BusMessage> msg, ReplyFn fn) override;
   void cancel_request(uint64_t token) override;
   bool healthy() const override;
+  size_t max_message() const override;
   const char* kind() const override { return "nats"; }
   BusStats stats() const override;
 
@@ -61,6 +62,7 @@ class NatsBus final : public Bus {
   std::mutex req_mu_;
   std::unordered_map<uint64_t, ReplyFn> requests_;
   std::atomic<uint64_t> reconnects_{0};
+  mutable std::atomic<int64_t> max_payload_{0};  // the server's max_payload, remembered while disconnected
 };
 
 }  // namespace busgate::gw

@@ -108,8 +108,8 @@ void Session::on_frame(std::string_view body) {
       if (const auto* h = std::get_if<proto::Hello>(&f)) return on_hello(*h, r);
     }
     if (r.code == Code::malformed_frame) return fatal(r.code, r.detail);
-    return fatal(Code::handshake_required, "the first frame must be HELLO (got " +
-                                               std::string(proto::op_name(r.op)) + ")");
+    return fatal(Code::handshake_required, "the first frame must be HELLO (got " + std::string(proto::op_name(r.op)) + ")",
+                 r.op);
   }
   if (!r.has_frame) {
     // MALFORMED_FRAME is fatal; UNKNOWN_OP and UNEXPECTED_OP are not.
@@ -148,22 +148,22 @@ void Session::handle(const proto::Frame& f, const proto::DecodeResult& r) {
 }
 
 void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
-  if (r.code != Code::ok) return fatal(r.code, r.detail);
+  if (r.code != Code::ok) return fatal(r.code, r.detail, 1);
   if (std::find(h.versions.begin(), h.versions.end(), proto::kProtocolVersion) == h.versions.end())
-    return fatal(Code::unsupported_version, "this gateway speaks protocol versions [1]");
+    return fatal(Code::unsupported_version, "this gateway speaks protocol versions [1]", 1);
   const auto* method = h.auth.get("method");
   if (!method || method->type != proto::mp::Type::str)
-    return fatal(Code::auth_method_unsupported, "auth.method is missing; this gateway supports \"token\"");
+    return fatal(Code::auth_method_unsupported, "auth.method is missing; this gateway supports \"token\"", 1);
   if (method->s != "token")
     return fatal(Code::auth_method_unsupported,
-                 "auth method '" + std::string(method->s.substr(0, 32)) + "' is not supported; use \"token\"");
+                 "auth method '" + std::string(method->s.substr(0, 32)) + "' is not supported; use \"token\"", 1);
   const auto* token = h.auth.get("token");
-  if (!token || token->type != proto::mp::Type::str) return fatal(Code::auth_failed, "auth.token is missing");
+  if (!token || token->type != proto::mp::Type::str) return fatal(Code::auth_failed, "auth.token is missing", 1);
   auto auth = server_.registry().authenticate(token->s);
-  if (!auth) return fatal(Code::auth_failed, "the token was not accepted");
-  if (server_.draining()) return fatal(Code::shutting_down, "the gateway is shutting down");
+  if (!auth) return fatal(Code::auth_failed, "the token was not accepted", 1);
+  if (server_.draining()) return fatal(Code::shutting_down, "the gateway is shutting down", 1);
   if (!auth->tenant->try_acquire_connection())
-    return fatal(Code::too_many_connections, "tenant '" + auth->tenant->name() + "' reached its connection limit");
+    return fatal(Code::too_many_connections, "tenant '" + auth->tenant->name() + "' reached its connection limit", 1);
   counted_connection_ = true;
   tenant_ = auth->tenant;
   token_digest_ = std::move(auth->digest);
@@ -172,6 +172,9 @@ void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
 
   const auto& gc = server_.config();
   max_payload_ = c.limits.max_payload;
+  // The bus limits payload and headers together; keep room for headers (at most 64 KiB).
+  if (const size_t bus_max = server_.bus().max_message(); bus_max > 0)
+    max_payload_ = std::min(max_payload_, bus_max > 2 * kFrameOverhead ? bus_max - kFrameOverhead : bus_max / 2);
   max_frame_ = max_payload_ + kFrameOverhead;
   // The client may ask for a smaller maximum (never below the pre-handshake one); it applies both ways.
   if (const auto* mf = h.opts.get("max_frame"); mf && mf->type == proto::mp::Type::uint)
@@ -557,14 +560,14 @@ void Session::on_write(bool ok) {
   flush();
 }
 
-void Session::fatal(Code code, std::string_view message) {
+void Session::fatal(Code code, std::string_view message, uint64_t ref_op) {
   if (state_.load() == State::closed || closing_) return;
   server_.metrics().count_error(code);
   if (close_reason_.empty()) close_reason_ = std::string(proto::code_name(code)) + ": " + std::string(message);
   close_code_ = code;
   {
     std::lock_guard lk(out_mu_);
-    proto::encode_err_framed(out_buf_, code, message);
+    proto::encode_err_framed(out_buf_, code, message, ref_op);
     closing_ = true;
   }
   handshake_timer_.cancel();

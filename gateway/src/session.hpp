@@ -84,7 +84,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void schedule_flush_locked();
   void flush();
   void on_write(bool ok);
-  void fatal(proto::Code code, std::string_view message);
+  void fatal(proto::Code code, std::string_view message, uint64_t ref_op = 0);
   void close_transport();
   void cleanup();
 

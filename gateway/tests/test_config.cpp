@@ -58,6 +58,7 @@ TEST_CASE("config errors name the key", "[config]") {
   CHECK(error_of("bus: {kind: kafka}\n" + kTenant).starts_with("bus.kind"));
   CHECK(error_of(kTenant + "  - name: acme\n    tokens: [\"other-secret\"]\n").starts_with("tenants[1].name"));
   CHECK(error_of("tenants: [\n").find("YAML") != std::string::npos);
+  CHECK(error_of("timeouts: {heartbeat_ms: 50}\n" + kTenant).starts_with("timeouts.min_heartbeat_ms"));
 }
 
 TEST_CASE("dev config", "[config]") {

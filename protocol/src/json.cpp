@@ -2,6 +2,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <vector>
+
 #include "busgate/protocol/frame.hpp"
 #include "busgate/protocol/msgpack.hpp"
 
@@ -141,9 +144,28 @@ Code json_to_body(std::string_view text, std::string& body, std::string* detail)
     if (detail) *detail = "JSON nested deeper than 32 levels";
     return Code::malformed_frame;
   }
-  ojson j = ojson::parse(text, nullptr, false);
+  // Objects may not repeat a member name: the parser callback tracks the keys of each open object.
+  std::vector<std::vector<std::string>> open_objects;
+  bool duplicate = false;
+  const ojson::parser_callback_t cb = [&](int /*depth*/, nlohmann::detail::parse_event_t ev, ojson& parsed) {
+    using E = nlohmann::detail::parse_event_t;
+    if (ev == E::object_start) open_objects.emplace_back();
+    else if (ev == E::object_end && !open_objects.empty()) open_objects.pop_back();
+    else if (ev == E::key && !open_objects.empty()) {
+      auto& keys = open_objects.back();
+      const auto& k = parsed.get_ref<const std::string&>();
+      if (std::find(keys.begin(), keys.end(), k) != keys.end()) duplicate = true;
+      keys.push_back(k);
+    }
+    return true;
+  };
+  ojson j = ojson::parse(text, cb, false);
   if (j.is_discarded()) {
     if (detail) *detail = "text frame is not valid JSON";
+    return Code::malformed_frame;
+  }
+  if (duplicate) {
+    if (detail) *detail = "a JSON object repeats a member name";
     return Code::malformed_frame;
   }
   return json_value_to_body(j, body, detail);

@@ -53,6 +53,10 @@ TEST_CASE("bad JSON frames are MALFORMED_FRAME with a reason", "[json]") {
   CHECK(json_to_body(R"([3,"a",{"base64":"!!"}])", body, &why) == Code::malformed_frame);
   CHECK(json_to_body(R"([3,"a",{"other":1}])", body, &why) == Code::malformed_frame);
   CHECK(json_to_body(std::string(10000, '['), body, &why) == Code::malformed_frame);
+  CHECK(json_to_body(R"([3,"a","x",{"k":"1","k":"2"}])", body, &why) == Code::malformed_frame);
+  CHECK(why.find("repeats") != std::string::npos);
+  body.clear();
+  CHECK(json_to_body(R"([3,"a","x",{"k":"1","j":{"k":"2"}}])", body, &why) == Code::ok);  // nesting is fine
   // a float where a uint is expected passes the mapping but not the decoder
   body.clear();
   REQUIRE(json_to_body(R"([4,1.5,"a"])", body) == Code::ok);

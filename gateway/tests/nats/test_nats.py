@@ -219,3 +219,26 @@ def test_gateway_starts_before_nats_and_becomes_ready(nats, start_gateway, clien
     p.pub("late", b"x")
     assert c.expect(MSG)[3] == b"x"
     assert ns.subscriptions().count("t.demo.late") == 1
+
+
+def test_headers_with_empty_values_cross_the_bus(nats, start_gateway, clients):
+    ns = nats()
+    ga = start_gateway(gateway_config([ns.url], "gw-h1"))
+    gb = start_gateway(gateway_config([ns.url], "gw-h2"))
+    sub = clients(gb.client())
+    sub.sub(1, "h.>")
+    pub = clients(ga.client())
+    headers = {f"x-{i}": "" if i % 3 == 0 else f"v{i}" for i in range(40)}
+    pub.pub("h.x", b"p", headers=headers)
+    assert sub.expect(MSG)[4] == {**headers, "busgate-tenant": "demo"}
+
+
+def test_max_payload_fits_the_bus(nats, start_gateway, clients):
+    ns = nats()  # nats-server's default max_payload is 1 MiB, headers included
+    g = start_gateway(gateway_config([ns.url], "gw-mp"))
+    c = clients(g.client())
+    limit = c.welcome[5]["max_payload"]
+    assert limit <= 1048576 - 65536
+    c.sub(1, "big")
+    c.pub("big", b"x" * limit, headers={"k": "v" * 4000}, ack=1)
+    assert c.expect(MSG, timeout=10)[3] == b"x" * limit

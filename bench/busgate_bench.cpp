@@ -1,0 +1,656 @@
+// busgate-bench: load generator for a busgate gateway (busgate://HOST:PORT, raw frames over TCP) and,
+// for comparison, a NATS server directly (nats://HOST:PORT, through cnats). Each run prints one JSON
+// object per line. bench/run.py runs both sides in one go and computes the ratios.
+//
+//   busgate-bench --target URL --workload NAME [--size B] [--count N] [--subs N] [--seconds S] ...
+//   workloads: pub, pubsub, fanout, reqrep, openloop, idle, isolation
+#include <arpa/inet.h>
+#include <nats/nats.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "busgate/protocol/codec.hpp"
+#include "busgate/protocol/stream.hpp"
+
+using namespace busgate;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Options {
+  std::string target;
+  std::string workload = "pubsub";
+  size_t size = 128;
+  uint64_t count = 200000;
+  int subs = 1;
+  double seconds = 3;
+  double rate = 5000;
+  int conns = 1000;
+  int server_pid = 0;
+  std::string token = "dev-token";
+  std::string subject = "bench.x";
+};
+
+double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Log-linear latency histogram (HDR-style: ~1% relative precision from 1 µs to ~100 s).
+class Histogram {
+ public:
+  void record(double us) {
+    if (us < 1) us = 1;
+    const int b = static_cast<int>(std::log(us) / std::log(1.01));
+    counts_[std::min(b, kBuckets - 1)]++;
+    n_++;
+    max_ = std::max(max_, us);
+  }
+  double percentile(double p) const {
+    if (!n_) return 0;
+    const uint64_t want = static_cast<uint64_t>(std::ceil(p / 100.0 * static_cast<double>(n_)));
+    uint64_t seen = 0;
+    for (int b = 0; b < kBuckets; ++b) {
+      seen += counts_[b];
+      if (seen >= want) return std::pow(1.01, b + 0.5);
+    }
+    return max_;
+  }
+  uint64_t count() const { return n_; }
+  void merge(const Histogram& o) {
+    for (int b = 0; b < kBuckets; ++b) counts_[b] += o.counts_[b];
+    n_ += o.n_;
+    max_ = std::max(max_, o.max_);
+  }
+
+ private:
+  static constexpr int kBuckets = 1900;
+  std::vector<uint64_t> counts_ = std::vector<uint64_t>(kBuckets);
+  uint64_t n_ = 0;
+  double max_ = 0;
+};
+
+void emit(const Options& o, const std::string& fields) {
+  std::printf("{\"target\":\"%s\",\"workload\":\"%s\",\"size\":%zu,%s}\n", o.target.c_str(), o.workload.c_str(), o.size,
+              fields.c_str());
+  std::fflush(stdout);
+}
+
+// ------------------------------------------------------------------ busgate side (raw frames)
+
+class BgConn {
+ public:
+  BgConn(const std::string& host, int port, const std::string& token, size_t rcvbuf = 0) : parser_(1 << 20) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    if (rcvbuf) {
+      int v = static_cast<int>(rcvbuf);
+      setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
+    }
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    inet_pton(AF_INET, host.c_str(), &a.sin_addr);
+    if (connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw std::runtime_error("connect failed");
+    int one = 1;
+    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    proto::Hello h;
+    h.versions = {1};
+    h.auth.type = proto::mp::Type::map;
+    proto::mp::Value m, t;
+    m.type = t.type = proto::mp::Type::str;
+    m.s = "token";
+    t.s = token;
+    h.auth.map.push_back({"method", m});
+    h.auth.map.push_back({"token", t});
+    std::string out;
+    proto::encode_framed(h, out);
+    send_all(out);
+    proto::Frame f;
+    if (!next(f) || !std::holds_alternative<proto::Welcome>(f)) throw std::runtime_error("no WELCOME");
+    parser_.set_max_frame(1 << 21);
+  }
+  ~BgConn() { close(fd_); }
+
+  void send_all(std::string_view data) {
+    while (!data.empty()) {
+      const ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n <= 0) throw std::runtime_error("send failed");
+      data.remove_prefix(static_cast<size_t>(n));
+    }
+  }
+  // Blocks for the next frame; false on close.
+  bool next(proto::Frame& f) {
+    for (;;) {
+      std::string_view body;
+      const auto st = parser_.next(body);
+      if (st == proto::FrameParser::Status::frame) {
+        body_copy_.assign(body);
+        auto r = proto::decode(body_copy_, proto::Origin::gateway, f);
+        if (!r.has_frame) throw std::runtime_error("undecodable frame: " + r.detail);
+        if (std::holds_alternative<proto::Ping>(f)) {
+          std::string pong;
+          proto::encode_framed(proto::Pong{}, pong);
+          send_all(pong);
+          continue;
+        }
+        return true;
+      }
+      if (st == proto::FrameParser::Status::error) throw std::runtime_error("stream error");
+      char* p = parser_.prepare(1 << 16);
+      const ssize_t n = ::recv(fd_, p, 1 << 16, 0);
+      if (n <= 0) return false;
+      parser_.commit(static_cast<size_t>(n));
+    }
+  }
+  void sub(uint32_t sid, const std::string& subject) {
+    std::string out;
+    proto::encode_framed(proto::Sub{sid, subject, std::nullopt, {}}, out);
+    send_all(out);
+    proto::Frame f;
+    while (next(f))
+      if (std::holds_alternative<proto::Ok>(f)) return;
+    throw std::runtime_error("no OK for SUB");
+  }
+  void flush() {
+    std::string out;
+    proto::encode_framed(proto::Ping{}, out);
+    send_all(out);
+    proto::Frame f;
+    while (next(f))
+      if (std::holds_alternative<proto::Pong>(f)) return;
+  }
+  int fd() const { return fd_; }
+
+ private:
+  int fd_;
+  proto::FrameParser parser_;
+  std::string body_copy_;
+};
+
+void parse_hostport(const std::string& url, std::string& host, int& port) {
+  const auto p = url.find("://");
+  const auto rest = url.substr(p + 3);
+  const auto c = rest.rfind(':');
+  host = rest.substr(0, c);
+  if (host == "localhost") host = "127.0.0.1";
+  port = std::stoi(rest.substr(c + 1));
+}
+
+// Publishes `count` messages in batches (many frames per send, like a real client's writer).
+void bg_publish(BgConn& c, const std::string& subject, size_t size, uint64_t count) {
+  const std::string payload(size, 'x');
+  std::string batch;
+  uint64_t sent = 0;
+  while (sent < count) {
+    batch.clear();
+    for (int i = 0; i < 256 && sent < count; ++i, ++sent) {
+      const size_t s = proto::begin_frame(batch);
+      proto::mp::Writer w(batch);
+      w.array_header(3);
+      w.uint(3);
+      w.str(subject);
+      w.bin(payload);
+      proto::finish_frame(batch, s);
+    }
+    c.send_all(batch);
+  }
+}
+
+// ------------------------------------------------------------------ NATS side (cnats)
+
+natsConnection* nats_connect(const std::string& url, bool asap) {
+  natsOptions* o = nullptr;
+  natsOptions_Create(&o);
+  natsOptions_SetURL(o, url.c_str());
+  natsOptions_SetSendAsap(o, asap);
+  natsConnection* nc = nullptr;
+  if (natsConnection_Connect(&nc, o) != NATS_OK) throw std::runtime_error("cannot connect to " + url);
+  natsOptions_Destroy(o);
+  return nc;
+}
+
+// ------------------------------------------------------------------ workloads
+
+struct Counter {
+  std::atomic<uint64_t> n{0};
+  std::atomic<int64_t> last_ns{0};
+};
+
+int64_t now_ns() { return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count(); }
+
+// 1 publisher → `subs` subscribers; returns delivered msgs/s (all subscribers together).
+double run_delivery(const Options& o, int subs, uint64_t count, bool stalled_extra, uint64_t* lost_out) {
+  const bool nats = o.target.starts_with("nats://");
+  std::vector<Counter> counters(static_cast<size_t>(subs));
+  const uint64_t want = count * static_cast<uint64_t>(subs);
+  int64_t start = 0;
+  if (nats) {
+    std::vector<natsConnection*> ncs;
+    std::vector<natsSubscription*> ss;
+    for (int i = 0; i < subs; ++i) {
+      ncs.push_back(nats_connect(o.target, false));
+      natsSubscription* s = nullptr;
+      natsConnection_Subscribe(
+          &s, ncs.back(), o.subject.c_str(),
+          [](natsConnection*, natsSubscription*, natsMsg* m, void* c) {
+            auto* ctr = static_cast<Counter*>(c);
+            ctr->n.fetch_add(1, std::memory_order_relaxed);
+            ctr->last_ns.store(now_ns(), std::memory_order_relaxed);
+            natsMsg_Destroy(m);
+          },
+          &counters[static_cast<size_t>(i)]);
+      natsSubscription_SetPendingLimits(s, -1, -1);
+      ss.push_back(s);
+      natsConnection_Flush(ncs.back());
+    }
+    natsConnection* stalled = nullptr;
+    natsSubscription* stalled_sub = nullptr;
+    if (stalled_extra) {  // a subscriber whose handler never returns in time
+      stalled = nats_connect(o.target, false);
+      natsConnection_Subscribe(
+          &stalled_sub, stalled, o.subject.c_str(),
+          [](natsConnection*, natsSubscription*, natsMsg* m, void*) {
+            natsMsg_Destroy(m);
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+          },
+          nullptr);
+      natsConnection_Flush(stalled);
+    }
+    natsConnection* pub = nats_connect(o.target, false);
+    const std::string payload(o.size, 'x');
+    start = now_ns();
+    for (uint64_t i = 0; i < count; ++i)
+      natsConnection_Publish(pub, o.subject.c_str(), payload.data(), static_cast<int>(payload.size()));
+    natsConnection_Flush(pub);
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    for (;;) {
+      uint64_t total = 0;
+      for (auto& c : counters) total += c.n.load();
+      if (total >= want || Clock::now() > deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    for (auto* s : ss) natsSubscription_Destroy(s);
+    for (auto* nc : ncs) natsConnection_Destroy(nc);
+    if (stalled_sub) natsSubscription_Destroy(stalled_sub);
+    if (stalled) natsConnection_Destroy(stalled);
+    natsConnection_Destroy(pub);
+  } else {
+    std::string host;
+    int port = 0;
+    parse_hostport(o.target, host, port);
+    std::vector<std::unique_ptr<BgConn>> conns;
+    for (int i = 0; i < subs; ++i) {
+      conns.push_back(std::make_unique<BgConn>(host, port, o.token));
+      conns.back()->sub(1, o.subject);
+    }
+    std::unique_ptr<BgConn> stalled;
+    if (stalled_extra) {
+      stalled = std::make_unique<BgConn>(host, port, o.token, 4096);
+      stalled->sub(1, o.subject);  // and never reads again
+    }
+    std::vector<std::thread> readers;
+    for (int i = 0; i < subs; ++i)
+      readers.emplace_back([&, i] {
+        proto::Frame f;
+        auto& c = counters[static_cast<size_t>(i)];
+        while (c.n.load(std::memory_order_relaxed) < count && conns[static_cast<size_t>(i)]->next(f)) {
+          if (std::holds_alternative<proto::Msg>(f)) {
+            c.n.fetch_add(1, std::memory_order_relaxed);
+            c.last_ns.store(now_ns(), std::memory_order_relaxed);
+          }
+        }
+      });
+    BgConn pub(host, port, o.token);
+    start = now_ns();
+    bg_publish(pub, o.subject, o.size, count);
+    pub.flush();
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    for (;;) {
+      uint64_t total = 0;
+      for (auto& c : counters) total += c.n.load();
+      if (total >= want || Clock::now() > deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    for (auto& c : conns) shutdown(c->fd(), SHUT_RDWR);
+    for (auto& t : readers) t.join();
+  }
+  uint64_t total = 0;
+  int64_t last = start;
+  for (auto& c : counters) {
+    total += c.n.load();
+    last = std::max(last, c.last_ns.load());
+  }
+  if (lost_out) *lost_out = want - std::min(want, total);
+  const double elapsed = static_cast<double>(last - start) / 1e9;
+  return elapsed > 0 ? static_cast<double>(total) / elapsed : 0;
+}
+
+void workload_pub(const Options& o) {
+  const bool nats = o.target.starts_with("nats://");
+  const auto t0 = Clock::now();
+  if (nats) {
+    natsConnection* nc = nats_connect(o.target, false);
+    const std::string payload(o.size, 'x');
+    for (uint64_t i = 0; i < o.count; ++i)
+      natsConnection_Publish(nc, o.subject.c_str(), payload.data(), static_cast<int>(payload.size()));
+    natsConnection_Flush(nc);
+    natsConnection_Destroy(nc);
+  } else {
+    std::string host;
+    int port = 0;
+    parse_hostport(o.target, host, port);
+    BgConn c(host, port, o.token);
+    bg_publish(c, o.subject, o.size, o.count);
+    c.flush();
+  }
+  const double rate = static_cast<double>(o.count) / secs(Clock::now() - t0);
+  emit(o, "\"msgs_per_sec\":" + std::to_string(rate));
+}
+
+void workload_delivery(const Options& o, int subs) {
+  uint64_t lost = 0;
+  const double rate = run_delivery(o, subs, o.count, false, &lost);
+  emit(o, "\"subs\":" + std::to_string(subs) + ",\"delivered_per_sec\":" + std::to_string(rate) +
+              ",\"lost\":" + std::to_string(lost));
+}
+
+void workload_isolation(const Options& o) {
+  uint64_t lost_a = 0, lost_b = 0;
+  const double without = run_delivery(o, 1, o.count, false, &lost_a);
+  const double with = run_delivery(o, 1, o.count, true, &lost_b);
+  emit(o, "\"healthy_without_stalled\":" + std::to_string(without) + ",\"healthy_with_stalled\":" +
+              std::to_string(with) + ",\"isolation\":" + std::to_string(with / without) +
+              ",\"lost\":" + std::to_string(lost_a + lost_b));
+}
+
+std::string latency_fields(const Histogram& h, double elapsed) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "\"requests\":%llu,\"per_sec\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f",
+                static_cast<unsigned long long>(h.count()), static_cast<double>(h.count()) / elapsed, h.percentile(50),
+                h.percentile(90), h.percentile(99), h.percentile(99.9));
+  return buf;
+}
+
+// A responder that answers every request with its payload.
+struct Responder {
+  std::thread th;
+  std::atomic<bool> stop{false};
+  natsConnection* nc = nullptr;
+  natsSubscription* sub = nullptr;
+  std::unique_ptr<BgConn> bg;
+
+  explicit Responder(const Options& o) {
+    if (o.target.starts_with("nats://")) {
+      nc = nats_connect(o.target, true);
+      natsConnection_Subscribe(
+          &sub, nc, "bench.svc",
+          [](natsConnection* c, natsSubscription*, natsMsg* m, void*) {
+            natsConnection_Publish(c, natsMsg_GetReply(m), natsMsg_GetData(m), natsMsg_GetDataLength(m));
+            natsMsg_Destroy(m);
+          },
+          nullptr);
+      natsConnection_Flush(nc);
+    } else {
+      std::string host;
+      int port = 0;
+      parse_hostport(o.target, host, port);
+      bg = std::make_unique<BgConn>(host, port, o.token);
+      bg->sub(1, "bench.svc");
+      th = std::thread([this] {
+        proto::Frame f;
+        std::string out;
+        while (bg->next(f)) {
+          if (const auto* m = std::get_if<proto::Msg>(&f); m && m->reply_to) {
+            out.clear();
+            proto::Pub p;
+            p.subject = *m->reply_to;
+            p.payload = m->payload;
+            proto::encode_framed(p, out);
+            bg->send_all(out);
+          }
+        }
+      });
+    }
+  }
+  ~Responder() {
+    if (sub) natsSubscription_Destroy(sub);
+    if (nc) natsConnection_Destroy(nc);
+    if (bg) {
+      shutdown(bg->fd(), SHUT_RDWR);
+      th.join();
+    }
+  }
+};
+
+void workload_reqrep(const Options& o) {
+  Responder responder(o);
+  Histogram h;
+  const std::string payload(o.size, 'x');
+  const auto t0 = Clock::now();
+  const auto end = t0 + std::chrono::duration<double>(o.seconds);
+  if (o.target.starts_with("nats://")) {
+    natsConnection* nc = nats_connect(o.target, true);
+    while (Clock::now() < end) {
+      natsMsg* reply = nullptr;
+      const auto s = Clock::now();
+      if (natsConnection_Request(&reply, nc, "bench.svc", payload.data(), static_cast<int>(payload.size()), 2000) ==
+          NATS_OK) {
+        h.record(secs(Clock::now() - s) * 1e6);
+        natsMsg_Destroy(reply);
+      }
+    }
+    natsConnection_Destroy(nc);
+  } else {
+    std::string host;
+    int port = 0;
+    parse_hostport(o.target, host, port);
+    BgConn c(host, port, o.token);
+    std::string out;
+    uint32_t id = 0;
+    proto::Frame f;
+    while (Clock::now() < end) {
+      out.clear();
+      proto::encode_framed(proto::Req{++id, "bench.svc", payload, {}, 2000}, out);
+      const auto s = Clock::now();
+      c.send_all(out);
+      while (c.next(f))
+        if (std::holds_alternative<proto::Res>(f)) break;
+      if (std::get<proto::Res>(f).status == 0) h.record(secs(Clock::now() - s) * 1e6);
+    }
+  }
+  emit(o, latency_fields(h, secs(Clock::now() - t0)));
+}
+
+// Fixed-rate requests; latency is measured from each request's scheduled time, so a stall delays
+// the measurement of every request scheduled behind it (no coordinated omission).
+void workload_openloop(const Options& o) {
+  Responder responder(o);
+  const std::string payload(o.size, 'x');
+  const uint64_t total = static_cast<uint64_t>(o.rate * o.seconds);
+  std::vector<Clock::time_point> scheduled(total);
+  const auto t0 = Clock::now() + std::chrono::milliseconds(20);
+  for (uint64_t i = 0; i < total; ++i)
+    scheduled[i] = t0 + std::chrono::nanoseconds(static_cast<int64_t>(static_cast<double>(i) * 1e9 / o.rate));
+  Histogram h;
+  std::mutex hm;
+  std::atomic<uint64_t> done{0};
+  if (o.target.starts_with("nats://")) {
+    natsConnection* nc = nats_connect(o.target, true);
+    struct Ctx {
+      std::vector<Clock::time_point>* sched;
+      Histogram* h;
+      std::mutex* m;
+      std::atomic<uint64_t>* done;
+    } ctx{&scheduled, &h, &hm, &done};
+    natsSubscription* inbox = nullptr;
+    natsConnection_Subscribe(
+        &inbox, nc, "_BENCH.>",
+        [](natsConnection*, natsSubscription*, natsMsg* m, void* c) {
+          auto* x = static_cast<Ctx*>(c);
+          const uint64_t i = std::stoull(natsMsg_GetSubject(m) + 7);
+          const auto lat = secs(Clock::now() - (*x->sched)[i]) * 1e6;
+          {
+            std::lock_guard lk(*x->m);
+            x->h->record(lat);
+          }
+          x->done->fetch_add(1);
+          natsMsg_Destroy(m);
+        },
+        &ctx);
+    natsSubscription_SetPendingLimits(inbox, -1, -1);
+    natsConnection_Flush(nc);
+    for (uint64_t i = 0; i < total; ++i) {
+      std::this_thread::sleep_until(scheduled[i]);
+      const std::string reply = "_BENCH." + std::to_string(i);
+      natsConnection_PublishRequest(nc, "bench.svc", reply.c_str(), payload.data(), static_cast<int>(payload.size()));
+    }
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    while (done.load() < total && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    natsSubscription_Destroy(inbox);
+    natsConnection_Destroy(nc);
+  } else {
+    std::string host;
+    int port = 0;
+    parse_hostport(o.target, host, port);
+    BgConn c(host, port, o.token);
+    std::thread rx([&] {
+      proto::Frame f;
+      while (done.load() < total && c.next(f)) {
+        if (const auto* r = std::get_if<proto::Res>(&f)) {
+          const auto lat = secs(Clock::now() - scheduled[r->req_id - 1]) * 1e6;
+          if (r->status == 0) {
+            std::lock_guard lk(hm);
+            h.record(lat);
+          }
+          done.fetch_add(1);
+        }
+      }
+    });
+    std::string out;
+    for (uint64_t i = 0; i < total; ++i) {
+      std::this_thread::sleep_until(scheduled[i]);
+      out.clear();
+      proto::encode_framed(proto::Req{static_cast<uint32_t>(i + 1), "bench.svc", payload, {}, 5000}, out);
+      c.send_all(out);
+    }
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    while (done.load() < total && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    shutdown(c.fd(), SHUT_RDWR);
+    rx.join();
+  }
+  emit(o, "\"rate\":" + std::to_string(o.rate) + "," + latency_fields(h, o.seconds));
+}
+
+long rss_kib(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.starts_with("VmRSS:")) return std::stol(line.substr(6));
+  return -1;
+}
+
+void workload_idle(const Options& o) {
+  if (!o.server_pid) throw std::runtime_error("idle needs --server-pid");
+  std::string host;
+  int port = 0;
+  parse_hostport(o.target, host, port);
+  const bool nats = o.target.starts_with("nats://");
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const long before = rss_kib(o.server_pid);
+  std::vector<int> fds;
+  std::vector<std::unique_ptr<BgConn>> bgs;
+  for (int i = 0; i < o.conns; ++i) {
+    if (nats) {
+      // a minimal NATS client: CONNECT + PING, wait for PONG
+      int fd = socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(static_cast<uint16_t>(port));
+      inet_pton(AF_INET, host.c_str(), &a.sin_addr);
+      if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw std::runtime_error("connect");
+      const std::string hello = "CONNECT {\"verbose\":false}\r\nPING\r\n";
+      ::send(fd, hello.data(), hello.size(), 0);
+      std::string got;
+      char buf[4096];
+      while (got.find("PONG") == std::string::npos) {
+        const ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) throw std::runtime_error("nats closed");
+        got.append(buf, static_cast<size_t>(n));
+      }
+      fds.push_back(fd);
+    } else {
+      bgs.push_back(std::make_unique<BgConn>(host, port, o.token));
+    }
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const long after = rss_kib(o.server_pid);
+  emit(o, "\"connections\":" + std::to_string(o.conns) + ",\"rss_before_kib\":" + std::to_string(before) +
+              ",\"rss_after_kib\":" + std::to_string(after) + ",\"kib_per_conn\":" +
+              std::to_string(static_cast<double>(after - before) / o.conns));
+  for (int fd : fds) close(fd);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--target") o.target = val();
+    else if (a == "--workload") o.workload = val();
+    else if (a == "--size") o.size = std::stoul(val());
+    else if (a == "--count") o.count = std::stoull(val());
+    else if (a == "--subs") o.subs = std::stoi(val());
+    else if (a == "--seconds") o.seconds = std::stod(val());
+    else if (a == "--rate") o.rate = std::stod(val());
+    else if (a == "--conns") o.conns = std::stoi(val());
+    else if (a == "--server-pid") o.server_pid = std::stoi(val());
+    else if (a == "--token") o.token = val();
+    else if (a == "--help") {
+      std::puts("busgate-bench --target busgate://H:P|nats://H:P --workload pub|pubsub|fanout|reqrep|openloop|idle|isolation\n"
+                "  [--size B] [--count N] [--subs N] [--seconds S] [--rate R] [--conns N] [--server-pid PID] [--token T]");
+      return 0;
+    } else {
+      std::fprintf(stderr, "unknown option %s\n", a.c_str());
+      return 2;
+    }
+  }
+  if (o.target.empty()) {
+    std::fprintf(stderr, "--target is required\n");
+    return 2;
+  }
+  try {
+    if (o.workload == "pub") workload_pub(o);
+    else if (o.workload == "pubsub") workload_delivery(o, 1);
+    else if (o.workload == "fanout") workload_delivery(o, o.subs);
+    else if (o.workload == "reqrep") workload_reqrep(o);
+    else if (o.workload == "openloop") workload_openloop(o);
+    else if (o.workload == "idle") workload_idle(o);
+    else if (o.workload == "isolation") workload_isolation(o);
+    else throw std::runtime_error("unknown workload " + o.workload);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "busgate-bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
