@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import ssl
-import time
 from collections import deque
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Union
 
@@ -421,7 +420,8 @@ class _Connection:
             self.close_error = err
             if not self.handshake.done():
                 self.handshake.set_exception(err)
-            self.client._report(err)
+            if not (self.state == "draining" and isinstance(err, E.ShuttingDown)):
+                self.client._report(err)  # (the end of a GOAWAY delay is expected, not an error)
             return
         if f.ref_op == P.PUB and f.ref_id:
             fut = self.acks.pop(f.ref_id, None)

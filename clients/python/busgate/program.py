@@ -50,9 +50,12 @@ Services
 Drain (SIGTERM, SIGINT)
     Stop taking work (UNSUB every subscription), wait until the gateway has sent everything it sent
     before the UNSUB (PING/PONG barrier), run the messages already received (still N at a time),
-    wait for every in-flight handler, flush what they published, close. Every message that was
-    taken from the gateway is finished and its results are published. A second signal, or
-    ``--drain-timeout`` seconds, cuts the drain short.
+    wait for every in-flight handler, flush what they published, close. Every message a handler
+    took is finished and its results are published. ``--drain-timeout`` (30 s) bounds the running of
+    already-received messages: at the deadline nothing more is started, what is still queued locally
+    (at most ``prefetch`` per consumer, plus what the gateway had queued for the connection before the
+    UNSUB) is dropped and counted (``dropped`` in ``program.stop``), and the running handlers are still
+    waited for. A second signal stops waiting and exits.
 
 Logs
     One JSON object per line on stderr: ``ts``, ``level``, ``program``, ``command``, ``event`` and
@@ -71,7 +74,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from . import errors as E
 from .client import Client, Msg, Subscription, connect
@@ -116,6 +119,7 @@ class ConsumerStats:
     in_flight: int = 0
     max_in_flight: int = 0
     max_pending: int = 0  # the most messages that waited in the local queue
+    dropped: int = 0      # received but not started when a drain hit its deadline
 
 
 class Context:
@@ -347,8 +351,9 @@ class Program:
                 "in_flight": sum(r.h.stats.in_flight for r in runners)}})
             drain = asyncio.gather(*(r.drain(args.drain_timeout) for r in runners))
             hard_wait = loop.create_task(hard.wait())
-            done, _ = await asyncio.wait([drain, hard_wait], timeout=args.drain_timeout + 5,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            # the drain bounds its own taking of work by --drain-timeout, then waits for the running
+            # handlers; only a second signal stops waiting for them
+            done, _ = await asyncio.wait([drain, hard_wait], return_when=asyncio.FIRST_COMPLETED)
             hard_wait.cancel()
             if drain not in done:
                 log.warning("program.drain_cut_short", extra={"fields": {}})
@@ -390,6 +395,7 @@ class _Runner:
         self.sub: Subscription | None = None
         self.tasks: set[asyncio.Task] = set()
         self.loop_task: asyncio.Task | None = None
+        self.stopping = False
         self.is_coro = inspect.iscoroutinefunction(h.fn)
 
     async def start(self) -> None:
@@ -408,6 +414,9 @@ class _Runner:
         st = h.stats
         while True:
             await slots.acquire()  # a free slot first: no message is taken that cannot run now
+            if self.stopping:
+                slots.release()
+                break
             try:
                 msg = await sub.next()
             except E.SubscriptionClosed:
@@ -456,16 +465,38 @@ class _Runner:
                     "handler": h.fn.__name__, "subject": msg.subject, "ms": round((time.perf_counter() - t0) * 1000, 3)}})
 
     async def drain(self, timeout: float) -> None:
-        """Stop taking new work, run what was already received, wait for every handler, flush."""
+        """Stop taking new work (UNSUB), run what had already been received until ``timeout``, then
+        take nothing more; always wait for the handlers that are running; flush what they published."""
         assert self.sub is not None
-        await self.sub.drain(timeout)
-        if self.loop_task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self.loop_task), timeout)
-            except asyncio.TimeoutError:
-                self.log.warning("drain.timeout", extra={"fields": {"handler": self.h.fn.__name__,
-                                                                    "in_flight": self.h.stats.in_flight}})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            await self.client.flush(timeout=min(timeout, 10.0))
+            await asyncio.wait_for(self.sub.drain(timeout), timeout)
+        except asyncio.TimeoutError:
+            pass
+        if self.loop_task is not None and not self.loop_task.done():
+            remaining = deadline - loop.time()
+            if remaining > 0:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._queue_done()), remaining)
+                except asyncio.TimeoutError:
+                    pass
+            # the deadline: take nothing more; what is still queued locally is dropped (it was never
+            # started); the handlers already running are accepted work and are waited for
+            self.stopping = True
+            dropped = self.sub.pending_msgs
+            self.sub._end(None, discard=True)
+            self.h.stats.dropped += dropped
+            if dropped:
+                self.log.warning("drain.deadline", extra={"fields": {
+                    "handler": self.h.fn.__name__, "dropped": dropped, "in_flight": self.h.stats.in_flight}})
+            await asyncio.shield(self.loop_task)
+        try:
+            await self.client.flush(timeout=10.0)
         except E.BusgateError:
             pass
+
+    async def _queue_done(self) -> None:
+        assert self.sub is not None and self.loop_task is not None
+        await self.sub._empty.wait()
+        await asyncio.shield(self.loop_task)

@@ -17,7 +17,7 @@ import binascii
 import json
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Union
 
 import msgpack

@@ -236,3 +236,34 @@ async def test_goaway_then_reconnect_to_the_same_address_after_restart(start_gat
         await p.publish("same.x", b"after")
     assert (await sub.next(5)).data == b"after"
     await c.close()
+
+
+async def test_a_long_stalled_consumer_is_cut_off_by_the_gateway_and_comes_back(start_gateway):
+    """What the README promises for a consumer that stops consuming: its local queue stays bounded,
+    the client stops reading, the gateway's bounded queue fills, the gateway disconnects it
+    (SLOW_CONSUMER), and the client reconnects and resubscribes; what was queued in the gateway for the
+    old connection is lost (at most once)."""
+    cfg = ("limits: {max_pending_bytes: 65536}\ntimeouts: {heartbeat_ms: 300, min_heartbeat_ms: 100}\n"
+           "tenants: [{name: demo, tokens: [dev-token]}]\n")
+    g = start_gateway(cfg)
+    ev = Events()
+    c = await busgate.connect(g.url, token=TOKEN, reconnect_wait=0.02, pending_msgs_limit=10, **ev.opts())
+    sub = await c.subscribe("feed")
+    async with busgate.connect(g.url, token=TOKEN) as p:
+        for i in range(400):
+            await p.publish("feed", b"x" * 1024)
+        await p.flush()
+        assert sub.pending_msgs <= 10  # bounded locally: the rest is not read
+        await asyncio.wait_for(ev.disconnected.wait(), 15)  # the gateway gave up on us
+        got = 0
+        while sub.pending_msgs:
+            await sub.next(1)
+            got += 1
+        await asyncio.wait_for(ev.reconnected.wait(), 10)
+        assert got < 400 and sub.max_pending_seen <= 10
+        await c.flush()
+        await p.publish("feed", b"fresh")
+        while (await sub.next(5)).data != b"fresh":
+            pass
+    g.wait_log(r"connection closed .*reason=\"SLOW_CONSUMER")
+    await c.close()

@@ -202,3 +202,33 @@ async def test_example_serve_and_train(url, tmp_path):
     out, err = p.communicate(timeout=20)
     assert p.returncode == 0, err
     assert set(json.loads(out)) == {"a", "b", "w0", "w1"}
+
+
+async def test_drain_deadline_stops_taking_but_finishes_running_handlers(url):
+    program = Program("deadline")
+    gate = asyncio.Event()
+    started = []
+
+    @program.consumer("dl.jobs", concurrency=2, prefetch=2)
+    async def stuck(msg, ctx):
+        started.append(msg.data)
+        await gate.wait()
+        await ctx.publish("dl.done", msg.data)
+
+    a = args_for(url, "stuck")
+    a.drain_timeout = 0.3
+    task = asyncio.ensure_future(program.run(a))
+    await wait_for(lambda: "stuck" in program.running, what="the consumer to start")
+    async with busgate.connect(url, token=TOKEN) as p:
+        done = await p.subscribe("dl.done")
+        for i in range(50):
+            await p.publish("dl.jobs", str(i).encode())
+        await wait_for(lambda: len(started) == 2, what="two handlers to start")
+        stats = program.running["stuck"].stats
+        program.stop()
+        await wait_for(lambda: stats.dropped > 0, timeout=5, what="the drain deadline")
+        assert not task.done()  # still waiting for the two running handlers
+        gate.set()
+        assert await asyncio.wait_for(task, 10) == 0
+        assert stats.taken == stats.done == 2 and len(started) == 2
+        assert sorted([(await done.next(5)).data for _ in range(2)]) == sorted(started)
