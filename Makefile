@@ -10,7 +10,8 @@ ifeq ($(CI),true)
 endif
 FUZZ_SECONDS ?= 20
 
-.PHONY: all bootstrap build run test test-cpp fuzz vectors clean
+.PHONY: all bootstrap build run test test-cpp test-python test-go conformance conformance-local fuzz vectors \
+        bench bench-quick clean
 
 all: build
 
@@ -37,7 +38,34 @@ fuzz: bootstrap
 	@cmake --build $(FUZZ_DIR) -j$(JOBS)
 	@scripts/fuzz $(FUZZ_DIR)/bin $(FUZZ_SECONDS)
 
-test: vectors test-cpp fuzz
+test-python: build
+	python3 -m pip install -q -e 'clients/python[ws]'
+	BUSGATE_BIN=$(abspath $(BUILD_DIR))/bin/busgate python3 -m pytest clients/python/tests -q
+
+test-go: build
+	cd clients/go && BUSGATE_BIN=$(abspath $(BUILD_DIR))/bin/busgate go test -race -count=1 ./...
+
+# The conformance suite against any gateway: make conformance URL=tcp://H:P WS_URL=ws://H:P/v1/ws REPORT=dir
+URL ?=
+WS_URL ?=
+REPORT ?= $(BUILD_DIR)/conformance-report
+conformance: bootstrap
+	@test -n "$(URL)" || { echo "usage: make conformance URL=tcp://HOST:PORT [WS_URL=ws://HOST:PORT/v1/ws] [REPORT=DIR]"; exit 2; }
+	python3 -m conformance --url $(URL) $(if $(WS_URL),--ws-url $(WS_URL)) --cases '*' --report $(REPORT)
+
+# The suite against this build's gateway, on the memory bus and on a real nats-server.
+conformance-local: build
+	BUSGATE_BIN=$(abspath $(BUILD_DIR))/bin/busgate conformance/run-local.sh memory
+	BUSGATE_BIN=$(abspath $(BUILD_DIR))/bin/busgate conformance/run-local.sh nats
+
+# Side-by-side benchmark: direct NATS, the gateway on NATS, the gateway on the memory bus.
+bench: build
+	python3 bench/run.py --build $(BUILD_DIR)
+
+bench-quick: build
+	python3 bench/run.py --build $(BUILD_DIR) --quick
+
+test: vectors test-cpp test-python test-go conformance-local fuzz
 
 clean:
 	rm -rf $(BUILD_DIR) $(FUZZ_DIR)

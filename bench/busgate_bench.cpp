@@ -48,6 +48,7 @@ struct Options {
   int server_pid = 0;
   std::string token = "dev-token";
   std::string subject = "bench.x";
+  std::string responder;  // where the request/reply responder connects (default: the target)
 };
 
 double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -396,10 +397,13 @@ struct Responder {
   std::unique_ptr<BgConn> bg;
 
   explicit Responder(const Options& o) {
-    if (o.target.starts_with("nats://")) {
-      nc = nats_connect(o.target, true);
+    const std::string where = o.responder.empty() ? o.target : o.responder;
+    if (where.starts_with("nats://")) {
+      nc = nats_connect(where, true);
+      // a NATS-side service: for a busgate target it answers on the tenant's bus subject
+      const std::string subject = o.target.starts_with("nats://") ? "bench.svc" : "t.demo.bench.svc";
       natsConnection_Subscribe(
-          &sub, nc, "bench.svc",
+          &sub, nc, subject.c_str(),
           [](natsConnection* c, natsSubscription*, natsMsg* m, void*) {
             natsConnection_Publish(c, natsMsg_GetReply(m), natsMsg_GetData(m), natsMsg_GetDataLength(m));
             natsMsg_Destroy(m);
@@ -409,7 +413,7 @@ struct Responder {
     } else {
       std::string host;
       int port = 0;
-      parse_hostport(o.target, host, port);
+      parse_hostport(where, host, port);
       bg = std::make_unique<BgConn>(host, port, o.token);
       bg->sub(1, "bench.svc");
       th = std::thread([this] {
@@ -626,9 +630,11 @@ int main(int argc, char** argv) {
     else if (a == "--conns") o.conns = std::stoi(val());
     else if (a == "--server-pid") o.server_pid = std::stoi(val());
     else if (a == "--token") o.token = val();
+    else if (a == "--responder") o.responder = val();
     else if (a == "--help") {
       std::puts("busgate-bench --target busgate://H:P|nats://H:P --workload pub|pubsub|fanout|reqrep|openloop|idle|isolation\n"
-                "  [--size B] [--count N] [--subs N] [--seconds S] [--rate R] [--conns N] [--server-pid PID] [--token T]");
+                "  [--size B] [--count N] [--subs N] [--seconds S] [--rate R] [--conns N] [--server-pid PID] [--token T]\n"
+                "  [--responder nats://H:P|busgate://H:P]  (reqrep/openloop: where the responder runs)");
       return 0;
     } else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());

@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: nats-server directly (cnats), the gateway on the NATS bus, and the gateway
+on its memory bus, in interleaved rounds on this machine. Prints a table, the headline ratios as
+`NAME=value` lines, and writes the raw results to bench/results/.
+
+  python3 bench/run.py [--quick] [--build build] [--rounds N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    def __init__(self, args, ready_pattern=None, ready_port=None):
+        self.log = []
+        self.p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.ready = threading.Event()
+        self.pattern = re.compile(ready_pattern) if ready_pattern else None
+        threading.Thread(target=self._pump, daemon=True).start()
+        if ready_port:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", ready_port), timeout=0.2).close()
+                    return
+                except OSError:
+                    time.sleep(0.02)
+            raise RuntimeError(f"{args[0]} did not listen on {ready_port}")
+        if self.pattern and not self.ready.wait(15):
+            raise RuntimeError(f"{args[0]} did not start:\n" + "\n".join(self.log[-20:]))
+
+    def _pump(self):
+        for line in self.p.stderr:
+            self.log.append(line.rstrip())
+            if self.pattern and self.pattern.search(line):
+                self.ready.set()
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(15)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+
+
+def start_gateway(binary, nats_url=None):
+    tcp, http = free_port(), free_port()
+    cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    bus = f"bus: {{kind: nats, servers: [\"{nats_url}\"]}}\n" if nats_url else ""
+    # Large outbound queues: the throughput runs measure delivery, not the slow-consumer policy.
+    cfg.write(f"""node_id: bench-{'nats' if nats_url else 'mem'}
+listen: {{tcp: "127.0.0.1:{tcp}", http: "127.0.0.1:{http}"}}
+log: {{level: warn}}
+limits: {{max_pending_bytes: 268435456}}
+timeouts: {{goaway_delay_ms: 0, drain_ms: 1000}}
+{bus}tenants: [{{name: demo, tokens: [dev-token]}}]
+""")
+    cfg.close()
+    g = Proc([str(binary), "--config", cfg.name], ready_port=tcp)
+    time.sleep(0.2)
+    return g, f"busgate://127.0.0.1:{tcp}"
+
+
+def bench(bin_, target, workload, **kw):
+    args = [str(bin_), "--target", target, "--workload", workload]
+    for k, v in kw.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {r.stderr.strip()}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def gmean(xs):
+    xs = [x for x in xs if x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else 0.0
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="the short version (under a minute)")
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--rounds", type=int, default=0)
+    a = ap.parse_args()
+    build = (ROOT / a.build).resolve()
+    gw_bin, bench_bin = build / "bin" / "busgate", build / "bin" / "busgate-bench"
+    quick = a.quick
+    rounds = a.rounds or (1 if quick else 3)
+    sizes = [128] if quick else [16, 128, 1024]
+    counts = {16: 2_000_000, 128: 1_000_000, 1024: 300_000} if not quick else {128: 200_000}
+    secs = 1.0 if quick else 4.0
+    fan_count = 20_000 if quick else 60_000
+
+    nats_port = free_port()
+    nats = Proc(["nats-server", "-a", "127.0.0.1", "-p", str(nats_port)], ready_port=nats_port)
+    nats_url = f"nats://127.0.0.1:{nats_port}"
+    gw_nats, t_nats = start_gateway(gw_bin, nats_url)
+    gw_mem, t_mem = start_gateway(gw_bin)
+    sides = {"direct": nats_url, "relay": t_nats, "mem": t_mem}
+    results = []
+    table = {}
+
+    def record(side, key, value):
+        table.setdefault(key, {}).setdefault(side, []).append(value)
+
+    try:
+        for rnd in range(rounds):
+            for size in sizes:
+                for side, target in sides.items():  # interleaved: each round runs all three sides
+                    r = bench(bench_bin, target, "pubsub", size=size, count=counts[size])
+                    results.append({**r, "side": side, "round": rnd})
+                    record(side, f"pubsub {size}B msgs/s", r["delivered_per_sec"])
+                    r = bench(bench_bin, target, "pub", size=size, count=counts[size])
+                    results.append({**r, "side": side, "round": rnd})
+                    record(side, f"publish {size}B msgs/s", r["msgs_per_sec"])
+            for side, target in sides.items():
+                r = bench(bench_bin, target, "fanout", size=128, subs=64, count=fan_count)
+                results.append({**r, "side": side, "round": rnd})
+                record(side, "fanout 1->64 128B delivered/s", r["delivered_per_sec"])
+                # request/reply: the responder is a NATS-side service for direct and relay
+                kw = {"responder": nats_url} if side != "mem" else {}
+                r = bench(bench_bin, target, "reqrep", size=128, seconds=secs, **kw)
+                results.append({**r, "side": side, "round": rnd})
+                record(side, "reqrep p50 us", r["p50_us"])
+                record(side, "reqrep p99 us", r["p99_us"])
+                record(side, "reqrep req/s", r["per_sec"])
+                r = bench(bench_bin, target, "openloop", size=128, seconds=secs, rate=2000, **kw)
+                results.append({**r, "side": side, "round": rnd})
+                record(side, "open loop 2000/s p50 us", r["p50_us"])
+                record(side, "open loop 2000/s p99 us", r["p99_us"])
+        # idle connections and slow-consumer isolation (once)
+        conns = 500 if quick else 2000
+        idle = {
+            "gateway": bench(bench_bin, t_mem, "idle", conns=conns, server_pid=gw_mem.p.pid),
+            "nats-server": bench(bench_bin, nats_url, "idle", conns=conns, server_pid=nats.p.pid),
+        }
+        results += [{**v, "side": k} for k, v in idle.items()]
+        iso = {side: bench(bench_bin, target, "isolation", size=128, count=counts[sizes[-1] if quick else 128] // 2)
+               for side, target in sides.items()}
+        results += [{**v, "side": k} for k, v in iso.items()]
+    finally:
+        for p in (gw_mem, gw_nats, nats):
+            p.stop()
+
+    def m(key, side):
+        return median(table[key][side])
+
+    print(f"\nbusgate benchmark ({'quick' if quick else 'full'}, {rounds} round(s), medians) on {os.cpu_count()} cores\n")
+    print(f"{'measure':34} {'direct NATS':>14} {'gw on NATS':>14} {'gw memory':>14}")
+    for key in table:
+        print(f"{key:34} {m(key, 'direct'):14.1f} {m(key, 'relay'):14.1f} {m(key, 'mem'):14.1f}")
+    print(f"{'idle KiB/connection':34} {idle['nats-server']['kib_per_conn']:14.1f} {'':>14} {idle['gateway']['kib_per_conn']:14.1f}")
+    print(f"{'isolation (healthy w/ stalled / w/o)':34} {iso['direct']['isolation']:14.2f} "
+          f"{iso['relay']['isolation']:14.2f} {iso['mem']['isolation']:14.2f}")
+
+    t_mem_ratio = gmean([m(f"pubsub {s}B msgs/s", "mem") / m(f"pubsub {s}B msgs/s", "direct") for s in sizes])
+    t_relay_ratio = gmean([m(f"pubsub {s}B msgs/s", "relay") / m(f"pubsub {s}B msgs/s", "direct") for s in sizes])
+    fan = "fanout 1->64 128B delivered/s"
+    headline = {
+        "T_mem": t_mem_ratio,
+        "T_relay": t_relay_ratio,
+        "FANOUT_relay": m(fan, "relay") / m(fan, "direct"),
+        "FANOUT_mem": m(fan, "mem") / m(fan, "direct"),
+        "DP50_us": m("reqrep p50 us", "relay") - m("reqrep p50 us", "direct"),
+        "DP99_us": m("reqrep p99 us", "relay") - m("reqrep p99 us", "direct"),
+        "KIB_PER_CONN_gateway": idle["gateway"]["kib_per_conn"],
+        "KIB_PER_CONN_nats": idle["nats-server"]["kib_per_conn"],
+        "I": min(iso["mem"]["isolation"], iso["relay"]["isolation"]),
+    }
+    print()
+    for k, v in headline.items():
+        print(f"{k}={v:.2f}")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"{'quick' if quick else 'full'}-{stamp}.json").write_text(
+        json.dumps({"headline": headline, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
