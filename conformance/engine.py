@@ -588,7 +588,7 @@ def resolve(ctx: Context, v: Any) -> Any:
         if k == "$var":
             return ctx.vars[a]
         if k == "$repeat":
-            return resolve(ctx, a[0]) * a[1]
+            return resolve(ctx, a[0]) * resolve(ctx, a[1])
         if k == "$code":
             return codec.code_of(a)
         if k == "$hex":

@@ -34,8 +34,9 @@ class Bus {
   // a delivery already in progress may still call fn once; callers must tolerate that.
   virtual uint64_t subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) = 0;
   virtual void unsubscribe(uint64_t id) = 0;
-  // ok, or bus_unavailable when the message was not accepted.
-  virtual proto::Code publish(BusMessagePtr msg) = 0;
+  // ok, or bus_unavailable when the message was not accepted. `immediate`: write it to the bus now
+  // rather than with the next batch (a PUB whose sender waits for an OK).
+  virtual proto::Code publish(BusMessagePtr msg, bool immediate) = 0;
   // Sends msg with a reply subject in this node's inbox and calls fn once with the first reply
   // (status ok), or no_responders / bus_unavailable. Timeouts are the caller's: cancel_request()
   // then guarantees fn is not called later. Returns a token for cancel_request.

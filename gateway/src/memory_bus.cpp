@@ -147,7 +147,7 @@ size_t MemoryBus::deliver(const BusMessagePtr& msg) {
   return reached;
 }
 
-proto::Code MemoryBus::publish(BusMessagePtr msg) {
+proto::Code MemoryBus::publish(BusMessagePtr msg, bool /*immediate: delivery is synchronous*/) {
   if (msg->subject.starts_with(inbox_prefix_)) {
     uint64_t token = 0;
     const auto rest = std::string_view(msg->subject).substr(inbox_prefix_.size());

@@ -50,7 +50,7 @@ class MemoryBus final : public Bus {
   explicit MemoryBus(std::string node_id);
   uint64_t subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) override;
   void unsubscribe(uint64_t id) override;
-  proto::Code publish(BusMessagePtr msg) override;
+  proto::Code publish(BusMessagePtr msg, bool immediate) override;
   uint64_t request(std::shared_ptr<BusMessage> msg, ReplyFn fn) override;
   void cancel_request(uint64_t token) override;
   bool healthy() const override { return true; }

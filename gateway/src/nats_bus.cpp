@@ -19,7 +19,14 @@ struct NatsBus::Interest {
   std::string queue;
   natsSubscription* sub = nullptr;
   std::mutex mu;
-  std::vector<std::pair<uint64_t, std::shared_ptr<DeliverFn>>> locals;
+  struct Local {
+    uint64_t id;
+    std::shared_ptr<DeliverFn> fn;
+    // Messages already queued for this bus subscription when the local subscriber joined: they were
+    // published before its SUB, so they are not delivered to it.
+    uint64_t skip;
+  };
+  std::vector<Local> locals;
   std::atomic<uint64_t> rr{0};
 };
 
@@ -197,16 +204,33 @@ BusStats NatsBus::stats() const {
 uint64_t NatsBus::subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) {
   const uint64_t id = next_id_.fetch_add(1);
   auto local = std::make_shared<DeliverFn>(std::move(fn));
+  // Publishes batched on the other connection before this SUB must reach the server first, so that
+  // a client's earlier PUB is never delivered to its later SUB (one round trip).
+  if (natsConnection_Status(bulk_) == NATS_CONN_STATUS_CONNECTED) natsConnection_FlushTimeout(bulk_, 1000);
   int added = 0;
   {
     std::lock_guard lk(mu_);
     added = add_local(subject, queue, id, std::move(local));
   }
   if (added < 0) return 0;
-  const bool created = added > 0;
   // A new bus subscription is live once the server has processed it: one round trip, outside the
   // lock, so the client's OK means what it says. Skipped while disconnected (cnats resubscribes).
-  if (created && natsConnection_Status(fast_) == NATS_CONN_STATUS_CONNECTED) natsConnection_FlushTimeout(fast_, 1000);
+  const bool connected = natsConnection_Status(fast_) == NATS_CONN_STATUS_CONNECTED;
+  if (connected) natsConnection_FlushTimeout(fast_, 1000);
+  if (added == 0) {
+    // Joined an existing bus subscription: after the round trip, everything the server sent before
+    // this SUB is in the subscription's queue; skip exactly that much.
+    std::lock_guard lk(mu_);
+    auto it = by_local_id_.find(id);
+    if (it != by_local_id_.end()) {
+      Interest* in = it->second;
+      int pending = 0;
+      if (connected) natsSubscription_GetPending(in->sub, &pending, nullptr);
+      std::lock_guard il(in->mu);
+      for (auto& l : in->locals)
+        if (l.id == id) l.skip = static_cast<uint64_t>(std::max(pending, 0));
+    }
+  }
   return id;
 }
 
@@ -236,7 +260,9 @@ int NatsBus::add_local(const std::string& subject, const std::string& queue, uin
   }
   {
     std::lock_guard il(slot->mu);
-    slot->locals.emplace_back(id, std::move(local));
+    // A subscriber joining an existing bus subscription skips everything before it (set after a
+    // flush in subscribe(); until then it receives nothing).
+    slot->locals.push_back({id, std::move(local), created ? 0 : UINT64_MAX});
   }
   by_local_id_[id] = slot;
   return created ? 1 : 0;
@@ -251,7 +277,7 @@ void NatsBus::unsubscribe(uint64_t id) {
   bool last = false;
   {
     std::lock_guard il(in->mu);
-    std::erase_if(in->locals, [id](const auto& p) { return p.first == id; });
+    std::erase_if(in->locals, [id](const auto& l) { return l.id == id; });
     last = in->locals.empty();
   }
   if (!last) return;
@@ -272,9 +298,15 @@ void NatsBus::on_message(Interest& in, natsMsg* m) {
       return;
     }
     if (in.queue.empty()) {
-      for (const auto& [id, fn] : in.locals) targets.push_back(fn);
+      for (auto& l : in.locals) {
+        if (l.skip > 0) {
+          --l.skip;
+          continue;
+        }
+        targets.push_back(l.fn);
+      }
     } else {  // NATS picked this node for the group; pick one local member
-      targets.push_back(in.locals[in.rr.fetch_add(1, std::memory_order_relaxed) % in.locals.size()].second);
+      targets.push_back(in.locals[in.rr.fetch_add(1, std::memory_order_relaxed) % in.locals.size()].fn);
     }
   }
   const BusMessagePtr msg = to_bus_message(m);
@@ -313,10 +345,11 @@ proto::Code NatsBus::send(natsConnection* nc, const BusMessage& msg) {
   return s == NATS_MAX_PAYLOAD ? Code::payload_too_large : Code::bus_unavailable;
 }
 
-proto::Code NatsBus::publish(BusMessagePtr msg) {
-  // Replies (to request inboxes) take the write-at-once connection; everything else is batched.
-  const bool reply = msg->subject.starts_with("_INBOX.");
-  return send(reply ? fast_ : bulk_, *msg);
+proto::Code NatsBus::publish(BusMessagePtr msg, bool immediate) {
+  // Replies (to request inboxes) and acknowledged PUBs take the write-at-once connection; the rest
+  // is batched.
+  const bool now = immediate || msg->subject.starts_with("_INBOX.");
+  return send(now ? fast_ : bulk_, *msg);
 }
 
 uint64_t NatsBus::request(std::shared_ptr<BusMessage> msg, ReplyFn fn) {

@@ -26,7 +26,7 @@ class NatsBus final : public Bus {
 
   uint64_t subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) override;
   void unsubscribe(uint64_t id) override;
-  proto::Code publish(BusMessagePtr msg) override;
+  proto::Code publish(BusMessagePtr msg, bool immediate) override;
   uint64_t request(std::shared_ptr<BusMessage> msg, ReplyFn fn) override;
   void cancel_request(uint64_t token) override;
   bool healthy() const override;

@@ -248,7 +248,7 @@ void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
   msg->payload.assign(p.payload);
   tenant_->msgs_in.fetch_add(1, std::memory_order_relaxed);
   tenant_->bytes_in.fetch_add(p.payload.size(), std::memory_order_relaxed);
-  const Code rc = server_.bus().publish(std::move(msg));
+  const Code rc = server_.bus().publish(std::move(msg), ref != 0);
   if (rc != Code::ok) return send_err(rc, "the bus did not accept the message", 3, ref);
   if (ref) send_ok(3, ref);
 }

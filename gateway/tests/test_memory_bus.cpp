@@ -28,14 +28,14 @@ TEST_CASE("trie matching with wildcards", "[bus]") {
   sub(">");
   sub("*.b");
   const auto id = sub("x.y");
-  bus.publish(msg("a.b"));
+  bus.publish(msg("a.b"), false);
   CHECK(got == std::map<std::string, int>{{"a.b", 1}, {"a.*", 1}, {"a.>", 1}, {">", 1}, {"*.b", 1}});
   got.clear();
-  bus.publish(msg("a.b.c"));
+  bus.publish(msg("a.b.c"), false);
   CHECK(got == std::map<std::string, int>{{"a.>", 1}, {">", 1}});
   got.clear();
   bus.unsubscribe(id);
-  bus.publish(msg("x.y"));
+  bus.publish(msg("x.y"), false);
   CHECK(got == std::map<std::string, int>{{">", 1}});
   CHECK(bus.stats().subscriptions == 5);
 }
@@ -44,7 +44,7 @@ TEST_CASE("fan-out shares one payload", "[bus]") {
   MemoryBus bus("n1");
   std::vector<const BusMessage*> seen;
   for (int i = 0; i < 5; ++i) bus.subscribe("f", "", [&](const BusMessagePtr& m) { seen.push_back(m.get()); });
-  bus.publish(msg("f"));
+  bus.publish(msg("f"), false);
   REQUIRE(seen.size() == 5);
   for (auto* p : seen) CHECK(p == seen[0]);
 }
@@ -57,7 +57,7 @@ TEST_CASE("queue groups deliver each message to exactly one member", "[bus]") {
   std::vector<std::thread> ths;
   for (int t = 0; t < 4; ++t)
     ths.emplace_back([&] {
-      for (int k = 0; k < 300; ++k) bus.publish(msg("jobs.x"));
+      for (int k = 0; k < 300; ++k) bus.publish(msg("jobs.x"), false);
     });
   for (auto& th : ths) th.join();
   CHECK(counts[0] + counts[1] + counts[2] == 1200);
@@ -71,7 +71,7 @@ TEST_CASE("request/reply through the node inbox", "[bus]") {
     auto r = std::make_shared<BusMessage>();
     r->subject = m->reply_to;
     r->payload = "re:" + m->payload;
-    bus.publish(r);
+    bus.publish(r, false);
   });
   auto req = std::make_shared<BusMessage>();
   req->subject = "svc.echo";
@@ -103,6 +103,6 @@ TEST_CASE("cancelled requests drop late replies", "[bus]") {
   bus.cancel_request(token);
   auto late = std::make_shared<BusMessage>();
   late->subject = reply_to;
-  bus.publish(late);
+  bus.publish(late, false);
   CHECK(calls == 0);
 }
