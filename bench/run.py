@@ -63,17 +63,18 @@ class Proc:
                 self.p.kill()
 
 
-def start_gateway(binary, nats_url=None):
+def start_gateway(binary, nats_url=None, max_pending=67108864):
     tcp, http = free_port(), free_port()
     cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     bus = f"bus: {{kind: nats, servers: [\"{nats_url}\"]}}\n" if nats_url else ""
-    # Large outbound queues: the throughput runs measure delivery, not the slow-consumer policy.
-    cfg.write(f"""node_id: bench-{'nats' if nats_url else 'mem'}
+    # Throughput runs use outbound queues as large as nats-server's (64 MiB), so they measure delivery,
+    # not the slow-consumer policy; the isolation run uses the default bound (8 MiB).
+    cfg.write(f"""node_id: bench-{'nats' if nats_url else 'mem'}-{tcp}
 listen: {{tcp: "127.0.0.1:{tcp}", http: "127.0.0.1:{http}"}}
 log: {{level: warn}}
-limits: {{max_pending_bytes: 268435456}}
+limits: {{max_pending_bytes: {max_pending}}}
 timeouts: {{goaway_delay_ms: 0, drain_ms: 1000}}
-{bus}tenants: [{{name: demo, tokens: [dev-token]}}]
+{bus}tenants: [{{name: demo, tokens: [dev-token], limits: {{max_connections: 100000}}}}]
 """)
     cfg.close()
     g = Proc([str(binary), "--config", cfg.name], ready_port=tcp)
@@ -124,6 +125,7 @@ def main():
     sides = {"direct": nats_url, "relay": t_nats, "mem": t_mem}
     results = []
     table = {}
+    extra = []
 
     def record(side, key, value):
         table.setdefault(key, {}).setdefault(side, []).append(value)
@@ -160,11 +162,17 @@ def main():
             "nats-server": bench(bench_bin, nats_url, "idle", conns=conns, server_pid=nats.p.pid),
         }
         results += [{**v, "side": k} for k, v in idle.items()]
-        iso = {side: bench(bench_bin, target, "isolation", size=128, count=counts[sizes[-1] if quick else 128] // 2)
-               for side, target in sides.items()}
+        # Slow-consumer isolation on gateways with the default outbound bound: a stalled subscriber
+        # costs the others until it passes the bound and is cut off.
+        gw_iso_mem, t_iso_mem = start_gateway(gw_bin, max_pending=8388608)
+        gw_iso_nats, t_iso_nats = start_gateway(gw_bin, nats_url, max_pending=8388608)
+        extra.extend([gw_iso_mem, gw_iso_nats])
+        iso_count = 500_000 if quick else 2_000_000
+        iso = {side: bench(bench_bin, target, "isolation", size=128, count=iso_count)
+               for side, target in (("direct", nats_url), ("relay", t_iso_nats), ("mem", t_iso_mem))}
         results += [{**v, "side": k} for k, v in iso.items()]
     finally:
-        for p in (gw_mem, gw_nats, nats):
+        for p in (gw_mem, gw_nats, *extra, nats):
             p.stop()
 
     def m(key, side):

@@ -6,17 +6,32 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "busgate/protocol/errors.hpp"
 
 namespace busgate::gw {
 
 // One message on the bus. Shared, immutable once published: a fan-out to N subscribers shares it.
-struct BusMessage {
-  std::string subject;   // bus subject (already mapped into a namespace)
-  std::string reply_to;  // bus reply subject, empty for none
-  std::string headers;   // msgpack-encoded headers map (empty for none); includes busgate-tenant
-  std::string payload;
+// Its four parts live in one buffer (one allocation besides the object), each followed by a NUL so
+// they can be handed to C APIs.
+class BusMessage {
+ public:
+  BusMessage(std::string_view subject, std::string_view reply_to, std::string_view headers, std::string_view payload);
+  BusMessage(const BusMessage&) = delete;
+  BusMessage& operator=(const BusMessage&) = delete;
+
+  std::string_view subject;   // bus subject (already mapped into a namespace)
+  std::string_view reply_to;  // bus reply subject, empty for none
+  std::string_view headers;   // msgpack-encoded headers map (empty for none); includes busgate-tenant
+  std::string_view payload;
+
+  // Requests: the bus sets the reply subject in its node inbox before publishing.
+  void set_reply_to(std::string reply);
+
+ private:
+  std::string storage_;
+  std::string reply_storage_;
 };
 using BusMessagePtr = std::shared_ptr<const BusMessage>;
 using DeliverFn = std::function<void(const BusMessagePtr&)>;

@@ -4,6 +4,28 @@
 #include <charconv>
 
 namespace busgate::gw {
+
+BusMessage::BusMessage(std::string_view subject_in, std::string_view reply_in, std::string_view headers_in,
+                       std::string_view payload_in) {
+  storage_.reserve(subject_in.size() + reply_in.size() + headers_in.size() + payload_in.size() + 4);
+  auto put = [this](std::string_view part) {
+    const size_t at = storage_.size();
+    storage_.append(part);
+    storage_.push_back('\0');
+    return at;
+  };
+  const size_t s = put(subject_in), r = put(reply_in), h = put(headers_in), p = put(payload_in);
+  subject = {storage_.data() + s, subject_in.size()};
+  reply_to = {storage_.data() + r, reply_in.size()};
+  headers = {storage_.data() + h, headers_in.size()};
+  payload = {storage_.data() + p, payload_in.size()};
+}
+
+void BusMessage::set_reply_to(std::string reply) {
+  reply_storage_ = std::move(reply);
+  reply_to = reply_storage_;
+}
+
 namespace {
 
 std::vector<std::string_view> split(std::string_view s) {
@@ -32,9 +54,9 @@ void SubjectTrie::insert(EntryPtr e) {
       if (!n->gt) n->gt = std::make_unique<Node>();
       n = n->gt.get();
     } else {
-      auto& c = n->children[std::string(tok)];
-      if (!c) c = std::make_unique<Node>();
-      n = c.get();
+      auto it = n->children.find(tok);
+      if (it == n->children.end()) it = n->children.emplace(std::string(tok), std::make_unique<Node>()).first;
+      n = it->second.get();
     }
   }
   n->entries.push_back(std::move(e));
@@ -54,7 +76,7 @@ bool SubjectTrie::remove_at(Node* n, const std::vector<std::string_view>& toks, 
   } else if (toks[i] == ">") {
     child = &n->gt;
   } else {
-    auto it = n->children.find(std::string(toks[i]));
+    auto it = n->children.find(toks[i]);
     if (it == n->children.end()) return false;
     child = &it->second;
   }
@@ -62,7 +84,7 @@ bool SubjectTrie::remove_at(Node* n, const std::vector<std::string_view>& toks, 
   if ((*child)->empty()) {  // prune empty branches so churn of unique subjects does not grow the trie
     if (toks[i] == "*") n->star.reset();
     else if (toks[i] == ">") n->gt.reset();
-    else n->children.erase(std::string(toks[i]));
+    else n->children.erase(n->children.find(toks[i]));
   }
   return true;
 }
@@ -71,23 +93,32 @@ void SubjectTrie::remove(const EntryPtr& e) {
   if (remove_at(&root_, split(e->subject), 0, e)) --count_;
 }
 
-void SubjectTrie::match_node(const Node* n, const std::vector<std::string_view>& toks, size_t i,
+void SubjectTrie::match_node(const Node* n, const std::string_view* toks, size_t count, size_t i,
                              std::vector<EntryPtr>& out) {
-  if (i == toks.size()) {
+  if (i == count) {
     out.insert(out.end(), n->entries.begin(), n->entries.end());
     return;
   }
   if (n->gt) out.insert(out.end(), n->gt->entries.begin(), n->gt->entries.end());
   if (!n->children.empty()) {
-    // heterogeneous lookup is C++20 for unordered_map only with a transparent hash; build the key once
-    auto it = n->children.find(std::string(toks[i]));
-    if (it != n->children.end()) match_node(it->second.get(), toks, i + 1, out);
+    auto it = n->children.find(toks[i]);
+    if (it != n->children.end()) match_node(it->second.get(), toks, count, i + 1, out);
   }
-  if (n->star) match_node(n->star.get(), toks, i + 1, out);
+  if (n->star) match_node(n->star.get(), toks, count, i + 1, out);
 }
 
 void SubjectTrie::match(std::string_view subject, std::vector<EntryPtr>& out) const {
-  match_node(&root_, split(subject), 0, out);
+  // Subjects are at most 256 bytes, so at most 128 tokens: split on the stack.
+  std::string_view toks[129];
+  size_t count = 0;
+  size_t start = 0;
+  while (count < 129) {
+    const size_t dot = subject.find('.', start);
+    toks[count++] = subject.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
+    if (dot == std::string_view::npos) break;
+    start = dot + 1;
+  }
+  match_node(&root_, toks, count, 0, out);
 }
 
 MemoryBus::MemoryBus(std::string node_id) : inbox_prefix_("_INBOX." + node_id + ".") {}
@@ -150,7 +181,7 @@ size_t MemoryBus::deliver(const BusMessagePtr& msg) {
 proto::Code MemoryBus::publish(BusMessagePtr msg, bool /*immediate: delivery is synchronous*/) {
   if (msg->subject.starts_with(inbox_prefix_)) {
     uint64_t token = 0;
-    const auto rest = std::string_view(msg->subject).substr(inbox_prefix_.size());
+    const auto rest = msg->subject.substr(inbox_prefix_.size());
     std::from_chars(rest.data(), rest.data() + rest.size(), token);
     ReplyFn fn;
     {
@@ -169,7 +200,7 @@ proto::Code MemoryBus::publish(BusMessagePtr msg, bool /*immediate: delivery is 
 
 uint64_t MemoryBus::request(std::shared_ptr<BusMessage> msg, ReplyFn fn) {
   const uint64_t token = next_id_.fetch_add(1);
-  msg->reply_to = inbox_prefix_ + std::to_string(token);
+  msg->set_reply_to(inbox_prefix_ + std::to_string(token));
   {
     std::lock_guard lk(req_mu_);
     requests_.emplace(token, std::move(fn));

@@ -31,14 +31,19 @@ class SubjectTrie {
   size_t size() const { return count_; }
 
  private:
+  // Transparent hashing: look children up by string_view without building a std::string.
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
   struct Node {
-    std::unordered_map<std::string, std::unique_ptr<Node>> children;
+    std::unordered_map<std::string, std::unique_ptr<Node>, Hash, std::equal_to<>> children;
     std::unique_ptr<Node> star;
     std::unique_ptr<Node> gt;
     std::vector<EntryPtr> entries;
     bool empty() const { return children.empty() && !star && !gt && entries.empty(); }
   };
-  static void match_node(const Node* n, const std::vector<std::string_view>& toks, size_t i,
+  static void match_node(const Node* n, const std::string_view* toks, size_t count, size_t i,
                          std::vector<EntryPtr>& out);
   static bool remove_at(Node* n, const std::vector<std::string_view>& toks, size_t i, const EntryPtr& e);
   Node root_;

@@ -106,12 +106,10 @@ std::string headers_of(natsMsg* m) {
 }
 
 BusMessagePtr to_bus_message(natsMsg* m) {
-  auto msg = std::make_shared<BusMessage>();
-  msg->subject = natsMsg_GetSubject(m);
-  if (const char* r = natsMsg_GetReply(m)) msg->reply_to = r;
-  msg->payload.assign(natsMsg_GetData(m), static_cast<size_t>(natsMsg_GetDataLength(m)));
-  msg->headers = headers_of(m);
-  return msg;
+  const char* reply = natsMsg_GetReply(m);
+  return std::make_shared<const BusMessage>(
+      natsMsg_GetSubject(m), reply ? std::string_view(reply) : std::string_view{}, headers_of(m),
+      std::string_view(natsMsg_GetData(m), static_cast<size_t>(natsMsg_GetDataLength(m))));
 }
 
 }  // namespace
@@ -318,7 +316,8 @@ void NatsBus::on_message(Interest& in, natsMsg* m) {
 proto::Code NatsBus::send(natsConnection* nc, const BusMessage& msg) {
   if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) return Code::bus_unavailable;
   natsMsg* m = nullptr;
-  if (natsMsg_Create(&m, msg.subject.c_str(), msg.reply_to.empty() ? nullptr : msg.reply_to.c_str(),
+  // The views are NUL-terminated (BusMessage keeps a NUL after each part).
+  if (natsMsg_Create(&m, msg.subject.data(), msg.reply_to.empty() ? nullptr : msg.reply_to.data(),
                      msg.payload.data(), static_cast<int>(msg.payload.size())) != NATS_OK)
     return Code::internal_error;
   if (!msg.headers.empty()) {
@@ -354,7 +353,7 @@ proto::Code NatsBus::publish(BusMessagePtr msg, bool immediate) {
 
 uint64_t NatsBus::request(std::shared_ptr<BusMessage> msg, ReplyFn fn) {
   const uint64_t token = next_id_.fetch_add(1);
-  msg->reply_to = inbox_prefix_ + std::to_string(token);
+  msg->set_reply_to(inbox_prefix_ + std::to_string(token));
   {
     std::lock_guard lk(req_mu_);
     requests_.emplace(token, std::move(fn));

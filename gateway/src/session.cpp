@@ -222,30 +222,33 @@ void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
                         std::to_string(max_payload_),
                     3, ref);
   const TenantConfig& c = cfg();
-  auto msg = std::make_shared<BusMessage>();
+  // Scratch buffers reused across frames on this thread: no allocation per message once warm.
+  thread_local std::string subject, reply, headers;
+  subject.clear();
   if (p.subject.starts_with(kInbox)) {
     // A reply subject: allowed once for each message that carried it to this connection.
     {
       std::lock_guard lk(out_mu_);
       if (auto it = grants_.find(std::string(p.subject)); it != grants_.end()) {
-        msg->subject = std::move(it->second);
+        subject = std::move(it->second);
         grants_.erase(it);
       }
     }
-    if (msg->subject.empty())
+    if (subject.empty())
       return send_err(Code::permission_denied,
                       "'" + std::string(p.subject.substr(0, 64)) + "' is a reply subject this connection was not given",
                       3, ref);
   } else {
     if (!subject_allowed(c.permissions.publish, p.subject))
       return send_err(Code::permission_denied, "publish to '" + std::string(p.subject) + "' is not permitted", 3, ref);
-    msg->subject = map_outbound(c, p.subject).bus_subject;
+    map_outbound_subject(c, p.subject, subject);
   }
   if (!tenant_->try_publish(p.payload.size()))
     return send_err(Code::rate_limited, "tenant publish rate exceeded; message dropped", 3, ref);
-  if (p.reply_to) msg->reply_to = c.prefix + std::string(*p.reply_to);
-  msg->headers = encode_headers_with_tenant(p.headers);
-  msg->payload.assign(p.payload);
+  reply.clear();
+  if (p.reply_to) reply.assign(c.prefix).append(*p.reply_to);
+  encode_headers_with_tenant(p.headers, headers);
+  auto msg = std::make_shared<const BusMessage>(subject, reply, headers, p.payload);
   tenant_->msgs_in.fetch_add(1, std::memory_order_relaxed);
   tenant_->bytes_in.fetch_add(p.payload.size(), std::memory_order_relaxed);
   const Code rc = server_.bus().publish(std::move(msg), ref != 0);
@@ -329,10 +332,10 @@ void Session::on_req(const proto::Req& q, const proto::DecodeResult& r) {
   const auto& gc = server_.config();
   uint64_t timeout = q.timeout_ms ? q.timeout_ms : gc.request_timeout_ms;
   timeout = std::min<uint64_t>(timeout, gc.max_request_timeout_ms);
-  auto msg = std::make_shared<BusMessage>();
-  msg->subject = map_outbound(c, q.subject).bus_subject;
-  msg->headers = encode_headers_with_tenant(q.headers);
-  msg->payload.assign(q.payload);
+  thread_local std::string subject, headers;
+  map_outbound_subject(c, q.subject, subject);
+  encode_headers_with_tenant(q.headers, headers);
+  auto msg = std::make_shared<BusMessage>(subject, std::string_view{}, headers, q.payload);
   tenant_->msgs_in.fetch_add(1, std::memory_order_relaxed);
   tenant_->bytes_in.fetch_add(q.payload.size(), std::memory_order_relaxed);
   server_.metrics().requests_total.fetch_add(1, std::memory_order_relaxed);
@@ -405,8 +408,8 @@ void Session::finish_request(uint32_t req_id) {
 
 // ---------------------------------------------------------------- outbound
 
-std::string Session::encode_headers_with_tenant(const proto::Headers& h) const {
-  std::string out;
+void Session::encode_headers_with_tenant(const proto::Headers& h, std::string& out) const {
+  out.clear();
   proto::mp::Writer w(out);
   w.map_header(static_cast<uint32_t>(h.size() + 1));
   for (const auto& e : h) {
@@ -415,7 +418,6 @@ std::string Session::encode_headers_with_tenant(const proto::Headers& h) const {
   }
   w.str(proto::kTenantHeader);
   w.str(tenant_->name());
-  return out;
 }
 
 std::string Session::map_reply_locked(const std::string& bus_reply, const std::string& prefix) {
@@ -452,7 +454,7 @@ void Session::deliver(SubState& sub, const BusMessagePtr& m) {
   {
     std::lock_guard lk(out_mu_);
     if (state_.load() == State::closed || closing_) return;
-    const std::string reply = map_reply_locked(m->reply_to, sub.own_prefix);
+    const std::string reply = map_reply_locked(std::string(m->reply_to), sub.own_prefix);
     const size_t before = out_buf_.size();
     proto::encode_msg_framed(out_buf_, sub.sid, *subject, m->payload, m->headers, reply);
     const size_t n = out_buf_.size() - before;
@@ -553,7 +555,11 @@ void Session::on_write(bool ok) {
     std::lock_guard lk(out_mu_);
     writing_ = false;
     write_buf_.clear();
-    if (write_buf_.capacity() > 4 * 1024 * 1024) write_buf_.shrink_to_fit();
+    // Give memory back once a burst is over (both buffers empty), not between writes of a burst.
+    if (out_buf_.empty() && write_buf_.capacity() > 4 * 1024 * 1024) {
+      write_buf_.shrink_to_fit();
+      out_buf_.shrink_to_fit();
+    }
     if (out_buf_.empty()) warned_ = false;  // warn again only after the queue has emptied
   }
   if (!ok) return close_transport();

@@ -89,7 +89,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void cleanup();
 
   const TenantConfig& cfg();  // refreshed when the tenant's configuration was reloaded
-  std::string encode_headers_with_tenant(const proto::Headers& h) const;
+  void encode_headers_with_tenant(const proto::Headers& h, std::string& out) const;
   // Maps a bus reply subject to what the client sees; grants the ones outside the tenant namespace.
   std::string map_reply_locked(const std::string& bus_reply, const std::string& own_prefix);
   void arm_handshake_timer();

@@ -19,7 +19,9 @@ using asio::ip::tcp;
 
 namespace {
 
-constexpr size_t kReadChunk = 64 * 1024;
+// Reads start small (an idle connection holds little memory) and grow while reads fill them.
+constexpr size_t kMinReadChunk = 2 * 1024;
+constexpr size_t kMaxReadChunk = 64 * 1024;
 constexpr auto kLinger = std::chrono::seconds(1);
 
 template <class Stream>
@@ -106,8 +108,8 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
 
   void do_read() {
     // While closing, reads only drain the socket so the peer sees our last frame instead of a reset.
-    char* buf = closing_ ? discard_ : parser_.prepare(kReadChunk);
-    const size_t len = closing_ ? sizeof discard_ : kReadChunk;
+    char* buf = closing_ ? discard_ : parser_.prepare(read_chunk_);
+    const size_t len = closing_ ? sizeof discard_ : read_chunk_;
     stream_.async_read_some(asio::buffer(buf, len),
                             [self = this->shared_from_this()](const boost::system::error_code& ec, size_t n) {
                               self->on_read(ec, n);
@@ -118,6 +120,7 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
     if (ec) return finish(ec == asio::error::eof ? "peer closed" : ec.message());
     if (closing_) return do_read();
     parser_.commit(n);
+    if (n == read_chunk_ && read_chunk_ < kMaxReadChunk) read_chunk_ *= 2;
     if (!sniffed_) {
       switch (proto::sniff(parser_.peek())) {
         case proto::Sniff::need_more: return do_read();
@@ -192,12 +195,13 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
   proto::FrameParser parser_;
   std::shared_ptr<Session> session_;
   std::string remote_;
+  size_t read_chunk_ = kMinReadChunk;
   bool sniffed_ = false;
   bool closing_ = false;
   bool linger_started_ = false;
   bool finished_ = false;
   std::string close_reason_;
-  char discard_[4096];
+  char discard_[512];
 };
 
 }  // namespace

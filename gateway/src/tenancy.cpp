@@ -112,6 +112,16 @@ Mapping map_outbound(const TenantConfig& t, std::string_view subject) {
   return map_with(t, subject, Import::Kind::service);
 }
 
+void map_outbound_subject(const TenantConfig& t, std::string_view subject, std::string& out) {
+  for (const auto& imp : t.imports)
+    if (imp.kind == Import::Kind::service)
+      if (auto m = apply_import(imp, subject)) {
+        out = std::move(m->bus_subject);
+        return;
+      }
+  out.assign(t.prefix).append(subject);
+}
+
 Mapping map_subscription(const TenantConfig& t, std::string_view pattern) {
   return map_with(t, pattern, Import::Kind::stream);
 }
@@ -149,6 +159,7 @@ void TenantState::set_config(std::shared_ptr<const TenantConfig> c) {
       msg_bucket_.configure(c->limits.publish_msgs_per_sec);
     if (!old || old->limits.publish_bytes_per_sec != c->limits.publish_bytes_per_sec)
       byte_bucket_.configure(c->limits.publish_bytes_per_sec);
+    unlimited_publish_ = c->limits.publish_msgs_per_sec <= 0 && c->limits.publish_bytes_per_sec <= 0;
   }
   {
     std::lock_guard lk(mu_);
@@ -174,7 +185,7 @@ bool TenantState::try_acquire_request() {
   return false;
 }
 
-bool TenantState::try_publish(size_t bytes) {
+bool TenantState::try_publish_limited(size_t bytes) {
   std::lock_guard lk(bucket_mu_);
   const auto now = std::chrono::steady_clock::now();
   TokenBucket msg_copy = msg_bucket_;

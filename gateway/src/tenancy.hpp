@@ -37,6 +37,9 @@ struct Mapping {
 };
 // PUB and REQ: service imports first, then the tenant namespace.
 Mapping map_outbound(const TenantConfig& t, std::string_view subject);
+// The same, writing only the bus subject into `out` (the publish hot path: no allocation once `out`
+// has grown).
+void map_outbound_subject(const TenantConfig& t, std::string_view subject, std::string& out);
 // SUB: stream imports first, then the tenant namespace.
 Mapping map_subscription(const TenantConfig& t, std::string_view pattern);
 // Bus subject → the client's view, using the mapping its subscription was made with. nullopt when the
@@ -75,7 +78,10 @@ class TenantState {
   bool try_acquire_request();
   void release_request() { inflight_.fetch_sub(1); }
   // Both buckets must have room; nothing is taken from either otherwise.
-  bool try_publish(size_t bytes);
+  bool try_publish(size_t bytes) {
+    if (unlimited_publish_.load(std::memory_order_relaxed)) return true;
+    return try_publish_limited(bytes);
+  }
 
   int connections() const { return connections_.load(); }
   int inflight() const { return inflight_.load(); }
@@ -91,8 +97,10 @@ class TenantState {
   std::atomic<bool> removed_{false};
   std::atomic<int> connections_{0};
   std::atomic<int> inflight_{0};
+  bool try_publish_limited(size_t bytes);
   std::mutex bucket_mu_;
   TokenBucket msg_bucket_, byte_bucket_;
+  std::atomic<bool> unlimited_publish_{true};
 };
 
 class TenantRegistry {

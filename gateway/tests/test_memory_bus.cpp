@@ -10,11 +10,8 @@ using namespace busgate::gw;
 using busgate::proto::Code;
 
 namespace {
-BusMessagePtr msg(std::string subject, std::string payload = "x") {
-  auto m = std::make_shared<BusMessage>();
-  m->subject = std::move(subject);
-  m->payload = std::move(payload);
-  return m;
+BusMessagePtr msg(const std::string& subject, const std::string& payload = "x") {
+  return std::make_shared<const BusMessage>(subject, "", "", payload);
 }
 }  // namespace
 
@@ -68,26 +65,20 @@ TEST_CASE("queue groups deliver each message to exactly one member", "[bus]") {
 TEST_CASE("request/reply through the node inbox", "[bus]") {
   MemoryBus bus("n1");
   bus.subscribe("svc.echo", "", [&](const BusMessagePtr& m) {
-    auto r = std::make_shared<BusMessage>();
-    r->subject = m->reply_to;
-    r->payload = "re:" + m->payload;
-    bus.publish(r, false);
+    bus.publish(std::make_shared<const BusMessage>(m->reply_to, "", "", "re:" + std::string(m->payload)), false);
   });
-  auto req = std::make_shared<BusMessage>();
-  req->subject = "svc.echo";
-  req->payload = "hi";
+  auto req = std::make_shared<BusMessage>("svc.echo", "", "", "hi");
   Code status = Code::internal_error;
   std::string answer;
   bus.request(req, [&](Code s, const BusMessagePtr& m) {
     status = s;
-    if (m) answer = m->payload;
+    if (m) answer = std::string(m->payload);
   });
   CHECK(status == Code::ok);
   CHECK(answer == "re:hi");
   CHECK(req->reply_to.starts_with("_INBOX.n1."));
 
-  auto none = std::make_shared<BusMessage>();
-  none->subject = "svc.nobody";
+  auto none = std::make_shared<BusMessage>("svc.nobody", "", "", "");
   bus.request(none, [&](Code s, const BusMessagePtr&) { status = s; });
   CHECK(status == Code::no_responders);
 }
@@ -95,14 +86,11 @@ TEST_CASE("request/reply through the node inbox", "[bus]") {
 TEST_CASE("cancelled requests drop late replies", "[bus]") {
   MemoryBus bus("n1");
   std::string reply_to;
-  bus.subscribe("svc.slow", "", [&](const BusMessagePtr& m) { reply_to = m->reply_to; });
-  auto req = std::make_shared<BusMessage>();
-  req->subject = "svc.slow";
+  bus.subscribe("svc.slow", "", [&](const BusMessagePtr& m) { reply_to = std::string(m->reply_to); });
+  auto req = std::make_shared<BusMessage>("svc.slow", "", "", "");
   int calls = 0;
   const auto token = bus.request(req, [&](Code, const BusMessagePtr&) { calls++; });
   bus.cancel_request(token);
-  auto late = std::make_shared<BusMessage>();
-  late->subject = reply_to;
-  bus.publish(late, false);
+  bus.publish(std::make_shared<const BusMessage>(reply_to, "", "", ""), false);
   CHECK(calls == 0);
 }
