@@ -9,6 +9,7 @@ ifeq ($(CI),true)
   CMAKE_FLAGS += -DBUSGATE_WERROR=ON
 endif
 FUZZ_SECONDS ?= 20
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 
 .PHONY: all bootstrap build run test test-cpp test-python test-go conformance conformance-local fuzz vectors \
         bench bench-quick clean
@@ -43,7 +44,7 @@ test-python: build
 	BUSGATE_BIN=$(abspath $(BUILD_DIR))/bin/busgate python3 -m pytest clients/python/tests -q
 
 test-go: build
-	cd clients/go && BUSGATE_BIN=$(abspath $(BUILD_DIR))/bin/busgate go test -race -count=1 ./...
+	cd clients/go && BUSGATE_BIN=$(abspath $(BUILD_DIR))/bin/busgate $(GO) test -race -count=1 ./...
 
 # The conformance suite against any gateway: make conformance URL=tcp://H:P WS_URL=ws://H:P/v1/ws REPORT=dir
 URL ?=
