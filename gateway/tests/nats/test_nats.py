@@ -242,3 +242,37 @@ def test_max_payload_fits_the_bus(nats, start_gateway, clients):
     c.sub(1, "big")
     c.pub("big", b"x" * limit, headers={"k": "v" * 4000}, ack=1)
     assert c.expect(MSG, timeout=10)[3] == b"x" * limit
+
+
+def test_nats_token_auth(nats, start_gateway, clients):
+    ns = nats(extra=["--auth", "bus-token-1"])
+    cfg = gateway_config([ns.url], "gw-tok").replace("bus: {kind: nats,", 'bus: {kind: nats, token: "bus-token-1",')
+    g = start_gateway(cfg)
+    a = clients(g.client())
+    a.sub(1, "tok.ok")
+    a.pub("tok.ok", b"x")
+    assert a.expect(MSG)[3] == b"x"
+
+
+def test_tls_to_nats(nats, start_gateway, clients, tmp_path):
+    import subprocess
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=bus CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "nats.key", "-out", "nats.csr", "-subj", "/CN=nats")
+    (tmp_path / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "nats.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "nats.pem", "-days", "2", "-extfile", "ext")
+    ns = nats(extra=["--tls", "--tlscert", str(tmp_path / "nats.pem"), "--tlskey", str(tmp_path / "nats.key")])
+    url = f"tls://127.0.0.1:{ns.port}"
+    cfg = gateway_config([url], "gw-tls").replace(
+        "bus: {kind: nats,", f'bus: {{kind: nats, tls: {{ca: "{tmp_path / "ca.pem"}"}},')
+    g = start_gateway(cfg)
+    a = clients(g.client())
+    a.sub(1, "tls.ok")
+    a.pub("tls.ok", b"secure")
+    assert a.expect(MSG)[3] == b"secure"
+    assert g.http_get("/readyz")[0] == 200
