@@ -10,6 +10,7 @@ import (
 	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -72,6 +73,7 @@ type Conn struct {
 
 	mu       sync.Mutex
 	cond     *sync.Cond // publishers waiting for the write buffer to drain
+	waiters  int        // goroutines waiting on cond
 	status   Status
 	draining bool
 	cur      *link   // takes new work; nil while reconnecting
@@ -93,6 +95,8 @@ type Conn struct {
 	slotFreed chan struct{}
 	acks      map[uint64]*pendingOp
 	nextAck   uint64
+
+	lastSubject atomic.Pointer[string] // the last publish subject that passed the grammar check
 
 	subsMu  sync.RWMutex
 	subs    map[uint64]*Subscription
@@ -263,20 +267,17 @@ func (c *Conn) install(l *link) {
 	c.info = l.info
 	// Resubscribe, in sid order, before anything buffered.
 	c.subsMu.RLock()
-	sids := make([]uint64, 0, len(c.subs))
-	for sid := range c.subs {
-		sids = append(sids, sid)
+	subs := make([]*Subscription, 0, len(c.subs))
+	for _, s := range c.subs {
+		subs = append(subs, s)
 	}
 	c.subsMu.RUnlock()
-	sort.Slice(sids, func(i, j int) bool { return sids[i] < sids[j] })
-	for _, sid := range sids {
-		c.subsMu.RLock()
-		s := c.subs[sid]
-		c.subsMu.RUnlock()
-		f := Frame{Op: OpSub, SID: sid, Subject: s.Subject, Queue: s.Queue, HasQueue: s.Queue != ""}
+	sort.Slice(subs, func(i, j int) bool { return subs[i].sid < subs[j].sid })
+	for _, s := range subs {
+		f := Frame{Op: OpSub, SID: s.sid, Subject: s.Subject, Queue: s.Queue, HasQueue: s.Queue != ""}
 		l.wbuf, _ = c.enc.AppendFrame(l.wbuf, &f)
 		if left := s.remaining(); left > 0 {
-			f = Frame{Op: OpUnsub, SID: sid, MaxMsgs: left}
+			f = Frame{Op: OpUnsub, SID: s.sid, MaxMsgs: left}
 			l.wbuf, _ = c.enc.AppendFrame(l.wbuf, &f)
 		}
 	}
@@ -359,12 +360,12 @@ func (c *Conn) linkLost(l *link, err error) {
 			break
 		}
 	}
+	c.cond.Broadcast() // publishers waiting for l's buffer go elsewhere
 	if c.cur != l || c.status == StatusClosed {
 		return
 	}
 	c.cur = nil
 	c.lastErr = err
-	c.cond.Broadcast()
 	if cb := c.opts.DisconnectedErrCB; cb != nil {
 		c.cbs.push(func() { cb(c, err) })
 	}
@@ -374,22 +375,23 @@ func (c *Conn) linkLost(l *link, err error) {
 		return
 	}
 	c.status = StatusReconnecting
-	c.startReconnect(nil, false)
+	c.startReconnect(nil)
 }
 
 // startReconnect starts the reconnect loop unless one runs. c.mu is held.
-func (c *Conn) startReconnect(first []string, immediate bool) {
+func (c *Conn) startReconnect(first []string) {
 	if c.reconn {
 		return
 	}
 	c.reconn = true
 	c.wg.Add(1)
-	go c.reconnectLoop(first, immediate)
+	go c.reconnectLoop(first)
 }
 
 // reconnectLoop tries the candidate servers in rounds, with exponential backoff and jitter between
-// rounds, until one accepts the handshake.
-func (c *Conn) reconnectLoop(first []string, immediate bool) {
+// rounds, until one accepts the handshake. The first round starts at once. Candidates: the servers
+// of a GOAWAY, then the current URL, then the configured ones.
+func (c *Conn) reconnectLoop(first []string) {
 	defer c.wg.Done()
 	var cands []serverURL
 	seen := map[string]bool{}
@@ -413,7 +415,6 @@ func (c *Conn) reconnectLoop(first []string, immediate bool) {
 	for _, u := range c.servers {
 		add(u)
 	}
-	_ = immediate
 	for round := 0; ; round++ {
 		if round > 0 {
 			if c.opts.MaxReconnects >= 0 && round > c.opts.MaxReconnects {
@@ -486,21 +487,22 @@ func (c *Conn) backoff(n int) time.Duration {
 // delivering and answering until its requests are done, and is closed before delay_ms.
 func (c *Conn) goAway(l *link, f *Frame) {
 	c.mu.Lock()
-	if c.cur != l || c.status == StatusClosed {
-		c.mu.Unlock()
+	if cb := c.opts.GoAwayCB; cb != nil && c.cur == l {
+		g := GoAway{Delay: time.Duration(f.DelayMS) * time.Millisecond, Reason: f.Reason, Servers: f.Servers}
+		c.cbs.push(func() { cb(c, g) })
+	}
+	if c.cur != l || c.status == StatusClosed || !c.opts.AllowReconnect {
+		c.mu.Unlock() // without reconnecting, the connection is used until the gateway closes it
 		return
 	}
 	l.goaway = true
 	c.cur = nil
 	c.old = append(c.old, l)
+	c.cond.Broadcast() // publishers waiting for l's buffer go to the reconnect buffer
 	if !c.draining {
 		c.status = StatusReconnecting
 	}
-	c.startReconnect(f.Servers, true)
-	if cb := c.opts.GoAwayCB; cb != nil {
-		g := GoAway{Delay: time.Duration(f.DelayMS) * time.Millisecond, Reason: f.Reason, Servers: f.Servers}
-		c.cbs.push(func() { cb(c, g) })
-	}
+	c.startReconnect(f.Servers)
 	c.mu.Unlock()
 
 	delay := time.Duration(f.DelayMS) * time.Millisecond
@@ -647,10 +649,13 @@ func (c *Conn) buffer() (*[]byte, *link, error) {
 		case c.status == StatusClosed:
 			return nil, nil, ErrConnectionClosed
 		case c.cur != nil:
-			if len(c.cur.wbuf) < c.opts.WriteBufLimit || c.opts.WriteBufLimit <= 0 {
+			if len(c.cur.wbuf) < writeBufSize {
 				return &c.cur.wbuf, c.cur, nil
 			}
+			c.waiters++
+			c.cur.signal()
 			c.cond.Wait()
+			c.waiters--
 		default:
 			if c.opts.ReconnectBufSize < 0 {
 				return nil, nil, ErrReconnectBufExceeded
@@ -682,15 +687,24 @@ func (c *Conn) commit(buf *[]byte, l *link, start int) error {
 // headerFields converts h to frame headers in c.hdrTmp. c.mu is held.
 func (c *Conn) headerFields(h Header) []HeaderField {
 	c.hdrTmp = c.hdrTmp[:0]
+	if len(h) == 0 {
+		return nil
+	}
 	for k, v := range h {
 		c.hdrTmp = append(c.hdrTmp, HeaderField{k, v})
 	}
 	return c.hdrTmp
 }
 
-func checkPublish(subject, reply string, h Header) error {
-	if code := checkSubject(subject, false); code != 0 {
-		return protoErr(code, fmt.Sprintf("subject %q", subject))
+func (c *Conn) checkPublish(subject, reply string, h Header) error {
+	// The subject of the previous publish was valid: publishers repeat subjects, and this saves
+	// the grammar check on the hot path.
+	if last := c.lastSubject.Load(); last == nil || *last != subject {
+		if code := checkSubject(subject, false); code != 0 {
+			return protoErr(code, fmt.Sprintf("subject %q", subject))
+		}
+		valid := subject // allocated only here, not on every call
+		c.lastSubject.Store(&valid)
 	}
 	if reply != "" {
 		if code := checkSubject(reply, false); code != 0 {
@@ -729,7 +743,13 @@ func (c *Conn) PublishRequest(subject, reply string, data []byte) error {
 }
 
 func (c *Conn) publish(subject, reply string, h Header, data []byte) error {
-	if err := checkPublish(subject, reply, h); err != nil {
+	return c.publishVia(nil, subject, reply, h, data)
+}
+
+// publishVia publishes on via when it is a link that received GOAWAY and is still open, else on the
+// current link.
+func (c *Conn) publishVia(via *link, subject, reply string, h Header, data []byte) error {
+	if err := c.checkPublish(subject, reply, h); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -737,7 +757,11 @@ func (c *Conn) publish(subject, reply string, h Header, data []byte) error {
 	if err == nil {
 		var buf *[]byte
 		var l *link
-		buf, l, err = c.buffer()
+		if via != nil && via.goaway && via != c.cur && !via.isDone() && c.status != StatusClosed {
+			buf, l = &via.wbuf, via
+		} else {
+			buf, l, err = c.buffer()
+		}
 		if err == nil {
 			start := len(*buf)
 			*buf = c.enc.appendPub(*buf, subject, data, c.headerFields(h), reply, 0)
@@ -757,7 +781,7 @@ func (c *Conn) PublishAck(ctx context.Context, subject string, data []byte) erro
 
 // PublishMsgAck is PublishAck for a Msg with headers or a reply subject.
 func (c *Conn) PublishMsgAck(ctx context.Context, m *Msg) error {
-	if err := checkPublish(m.Subject, m.Reply, m.Header); err != nil {
+	if err := c.checkPublish(m.Subject, m.Reply, m.Header); err != nil {
 		return err
 	}
 	op := &pendingOp{res: make(chan opResult, 1)}
@@ -814,7 +838,7 @@ func (c *Conn) Request(ctx context.Context, subject string, data []byte) (*Msg, 
 
 // RequestMsg is Request with headers (m.Subject, m.Header, m.Data; m.Reply is not used).
 func (c *Conn) RequestMsg(ctx context.Context, m *Msg) (*Msg, error) {
-	if err := checkPublish(m.Subject, "", m.Header); err != nil {
+	if err := c.checkPublish(m.Subject, "", m.Header); err != nil {
 		return nil, err
 	}
 	var timeoutMS uint64
@@ -882,7 +906,9 @@ func (c *Conn) RequestMsg(ctx context.Context, m *Msg) (*Msg, error) {
 		if f.Status != 0 {
 			return nil, &ProtocolError{Code: f.Status, Message: string(f.Payload), RefOp: OpReq, RefID: id}
 		}
-		return &Msg{Subject: m.Subject, Data: f.Payload, Header: headerMap(f.Headers), conn: c}, nil
+		reply := &Msg{Subject: m.Subject, Data: f.Payload, conn: c}
+		reply.Header, reply.Tenant = headerMap(f.Headers)
+		return reply, nil
 	case <-ctx.Done():
 		c.abandon(id)
 		return nil, ctxError(ctx.Err())
@@ -901,15 +927,22 @@ func (c *Conn) abandon(id uint64) {
 	c.mu.Unlock()
 }
 
-func headerMap(h []HeaderField) Header {
-	if len(h) == 0 {
-		return nil
-	}
-	m := make(Header, len(h))
+// headerMap converts received headers: busgate-tenant becomes the tenant, the others a Header
+// (nil when there are none, which saves a map per message in the common case).
+func headerMap(h []HeaderField) (Header, string) {
+	var tenant string
+	var m Header
 	for _, f := range h {
+		if f.Key == HeaderTenant {
+			tenant = f.Value
+			continue
+		}
+		if m == nil {
+			m = make(Header, len(h))
+		}
 		m[f.Key] = f.Value
 	}
-	return m
+	return m, tenant
 }
 
 // Drain ends the connection gracefully: it unsubscribes everything, lets the handlers process the
@@ -977,6 +1010,11 @@ func (c *Conn) Drain(ctx context.Context) error {
 	}
 	if err == nil {
 		err = c.Flush(ctx)
+	}
+	if err != nil { // out of time: handlers do not get the messages still queued
+		for _, s := range subs {
+			s.discard.Store(true)
+		}
 	}
 	c.Close()
 	return err

@@ -24,12 +24,16 @@ type Decoder struct {
 	// read loop copies them out at once).
 	reuse  bool
 	hdrBuf []HeaderField
-	intern map[string]string
+	intern [internSlots]string
 }
+
+// internSlots is the size of the decoder's cache of recent short strings (subjects, header keys
+// and values repeat from message to message): a hit saves an allocation.
+const internSlots = 256
 
 // NewDecoder returns a Decoder.
 func NewDecoder() *Decoder {
-	d := &Decoder{intern: make(map[string]string)}
+	d := &Decoder{}
 	d.d = msgpack.NewDecoder(&d.br)
 	return d
 }
@@ -72,15 +76,20 @@ func (d *Decoder) DecodeBody(body []byte, from Sender, f *Frame) error {
 
 func (d *Decoder) pos() int { return len(d.body) - d.br.Len() }
 
+// peek returns the next type byte. The body is in memory, so it is read directly rather than
+// through msgpack.Decoder.PeekCode (an interface call each time).
 func (d *Decoder) peek() (byte, error) {
-	c, err := d.d.PeekCode()
-	if err != nil {
+	p := d.pos()
+	if p >= len(d.body) {
 		return 0, errTruncated
 	}
-	return c, nil
+	return d.body[p], nil
 }
 
-func (d *Decoder) skipByte() { _, _ = d.br.ReadByte() }
+// skip advances past n bytes that were checked to be there.
+func (d *Decoder) skip(n int) { _, _ = d.br.Seek(int64(n), io.SeekCurrent) }
+
+func (d *Decoder) skipByte() { d.skip(1) }
 
 func (d *Decoder) decodeBody(from Sender, f *Frame) error {
 	c, err := d.peek()
@@ -429,15 +438,27 @@ func (d *Decoder) mapLen() (int, error) {
 
 // rawBytes reads a str or bin header whose code was checked and returns a view of its bytes.
 func (d *Decoder) rawBytes() ([]byte, error) {
-	n, err := d.d.DecodeBytesLen()
-	if err != nil {
-		return nil, errTruncated
+	var n int
+	p := d.pos()
+	c := d.body[p]
+	switch {
+	case c >= 0xa0 && c <= 0xbf: // fixstr: the length is in the type byte
+		n = int(c & 0x1f)
+		d.skip(1)
+	case (c == 0xd9 || c == 0xc4) && p+1 < len(d.body): // str 8, bin 8
+		n = int(d.body[p+1])
+		d.skip(2)
+	default:
+		var err error
+		if n, err = d.d.DecodeBytesLen(); err != nil {
+			return nil, errTruncated
+		}
 	}
 	if n < 0 || n > d.br.Len() {
 		return nil, errTruncated
 	}
-	p := d.pos()
-	_, _ = d.br.Seek(int64(n), io.SeekCurrent)
+	p = d.pos()
+	d.skip(n)
 	return d.body[p : p+n : p+n], nil
 }
 
@@ -448,6 +469,9 @@ func (d *Decoder) readUint(req bool) (uint64, error) {
 		return 0, err
 	}
 	switch {
+	case c <= 0x7f: // positive fixint
+		d.skip(1)
+		return uint64(c), nil
 	case isUintCode(c):
 		v, err := d.d.DecodeUint64()
 		if err != nil {
@@ -479,18 +503,17 @@ func (d *Decoder) readID(req bool) (uint64, error) {
 }
 
 func (d *Decoder) str(b []byte) string {
-	if len(b) <= 64 {
-		if s, ok := d.intern[string(b)]; ok {
-			return s
-		}
-		if len(d.intern) >= 512 {
-			clear(d.intern)
-		}
-		s := string(b)
-		d.intern[s] = s
-		return s
+	n := len(b)
+	if n == 0 || n > 64 {
+		return string(b)
 	}
-	return string(b)
+	h := uint(n)*31 + uint(b[0])*7 + uint(b[n-1])*131 + uint(b[n/2])
+	slot := &d.intern[h%internSlots]
+	if *slot == string(b) {
+		return *slot
+	}
+	*slot = string(b)
+	return *slot
 }
 
 // readStr reads a str field; present is false for an absent optional field.
@@ -529,7 +552,7 @@ func (d *Decoder) readBin() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append(make([]byte, 0, len(b)), b...), nil
+	return append([]byte(nil), b...), nil
 }
 
 func (d *Decoder) readHeaders() ([]HeaderField, error) {
@@ -797,15 +820,51 @@ func (d *Decoder) scan(depth int, allowExt bool) error {
 		if !allowExt {
 			return malformed("ext value")
 		}
-		if err := d.d.Skip(); err != nil {
-			return errTruncated
-		}
-		return nil
 	case c == 0xc1:
 		return malformed("the never-used byte c1")
 	}
-	if err := d.d.Skip(); err != nil { // nil, bool, numbers
+	// nil, bool, numbers and ext: sized from the type byte, checked against the bytes left (the
+	// library's Skip would allocate up to an ext's declared length first).
+	n, err := d.scalarSize(c)
+	if err != nil {
+		return err
+	}
+	if n > d.br.Len() {
 		return errTruncated
 	}
+	d.skip(n)
 	return nil
+}
+
+// scalarSize is the encoded size of a value that is not a str, bin, array or map.
+func (d *Decoder) scalarSize(c byte) (int, error) {
+	switch {
+	case c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3:
+		return 1, nil
+	case c == 0xcc || c == 0xd0:
+		return 2, nil
+	case c == 0xcd || c == 0xd1:
+		return 3, nil
+	case c == 0xce || c == 0xd2 || c == 0xca:
+		return 5, nil
+	case c == 0xcf || c == 0xd3 || c == 0xcb:
+		return 9, nil
+	case c >= 0xd4 && c <= 0xd8: // fixext 1, 2, 4, 8, 16: type byte and data
+		return 2 + 1<<(c-0xd4), nil
+	case c >= 0xc7 && c <= 0xc9: // ext 8, 16, 32: length, type byte, data
+		w := 1 << (c - 0xc7)
+		p := d.pos()
+		if p+1+w > len(d.body) {
+			return 0, errTruncated
+		}
+		var n int
+		for _, b := range d.body[p+1 : p+1+w] {
+			n = n<<8 | int(b)
+		}
+		if n < 0 || n > len(d.body) {
+			return 0, errTruncated
+		}
+		return 1 + w + 1 + n, nil
+	}
+	return 0, malformed("invalid msgpack code")
 }

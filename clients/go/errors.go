@@ -55,25 +55,25 @@ var (
 	ErrSyncSubRequired      = errors.New("busgate: NextMsg needs a subscription made with SubscribeSync")
 
 	// Matched by codes.
-	ErrTimeout              = errors.New("busgate: timeout")                          // REQUEST_TIMEOUT, or a local deadline
-	ErrNoResponders         = errors.New("busgate: no responders")                    // NO_RESPONDERS
-	ErrPermissionDenied     = errors.New("busgate: permission denied")                // PERMISSION_DENIED
-	ErrBadSubject           = errors.New("busgate: invalid subject")                  // INVALID_SUBJECT, WILDCARD_NOT_ALLOWED, RESERVED_SUBJECT
-	ErrBadHeader            = errors.New("busgate: invalid header")                   // INVALID_HEADER, RESERVED_HEADER
-	ErrBadQueue             = errors.New("busgate: invalid queue group")              // INVALID_QUEUE
-	ErrMaxPayload           = errors.New("busgate: payload too large")                // PAYLOAD_TOO_LARGE
-	ErrMaxFrame             = errors.New("busgate: frame too large")                  // FRAME_TOO_LARGE
-	ErrTooManySubscriptions = errors.New("busgate: too many subscriptions")           // TOO_MANY_SUBSCRIPTIONS
-	ErrRateLimited          = errors.New("busgate: publish rate limited")             // RATE_LIMITED
-	ErrTooManyRequests      = errors.New("busgate: too many requests in flight")      // TOO_MANY_REQUESTS
-	ErrTooManyConnections   = errors.New("busgate: too many connections")             // TOO_MANY_CONNECTIONS
-	ErrSlowConsumer         = errors.New("busgate: slow consumer")                    // SLOW_CONSUMER_WARNING, SLOW_CONSUMER, and local pending limits
-	ErrAuthFailed           = errors.New("busgate: authentication failed")            // AUTH_FAILED, AUTH_REVOKED, AUTH_METHOD_UNSUPPORTED
-	ErrUnsupportedVersion   = errors.New("busgate: no common protocol version")       // UNSUPPORTED_VERSION
-	ErrBusUnavailable       = errors.New("busgate: bus unavailable")                  // BUS_UNAVAILABLE
-	ErrShuttingDown         = errors.New("busgate: gateway shutting down")            // SHUTTING_DOWN
-	ErrNotSupported         = errors.New("busgate: not supported by this gateway")    // NOT_SUPPORTED
-	ErrMalformedFrame       = errors.New("busgate: malformed frame")                  // MALFORMED_FRAME
+	ErrTimeout              = errors.New("busgate: timeout")                           // REQUEST_TIMEOUT, or a local deadline
+	ErrNoResponders         = errors.New("busgate: no responders")                     // NO_RESPONDERS
+	ErrPermissionDenied     = errors.New("busgate: permission denied")                 // PERMISSION_DENIED
+	ErrBadSubject           = errors.New("busgate: invalid subject")                   // INVALID_SUBJECT, WILDCARD_NOT_ALLOWED, RESERVED_SUBJECT
+	ErrBadHeader            = errors.New("busgate: invalid header")                    // INVALID_HEADER, RESERVED_HEADER
+	ErrBadQueue             = errors.New("busgate: invalid queue group")               // INVALID_QUEUE
+	ErrMaxPayload           = errors.New("busgate: payload too large")                 // PAYLOAD_TOO_LARGE
+	ErrMaxFrame             = errors.New("busgate: frame too large")                   // FRAME_TOO_LARGE
+	ErrTooManySubscriptions = errors.New("busgate: too many subscriptions")            // TOO_MANY_SUBSCRIPTIONS
+	ErrRateLimited          = errors.New("busgate: publish rate limited")              // RATE_LIMITED
+	ErrTooManyRequests      = errors.New("busgate: too many requests in flight")       // TOO_MANY_REQUESTS
+	ErrTooManyConnections   = errors.New("busgate: too many connections")              // TOO_MANY_CONNECTIONS
+	ErrSlowConsumer         = errors.New("busgate: slow consumer")                     // SLOW_CONSUMER_WARNING, SLOW_CONSUMER, and local pending limits
+	ErrAuthFailed           = errors.New("busgate: authentication failed")             // AUTH_FAILED, AUTH_REVOKED, AUTH_METHOD_UNSUPPORTED
+	ErrUnsupportedVersion   = errors.New("busgate: no common protocol version")        // UNSUPPORTED_VERSION
+	ErrBusUnavailable       = errors.New("busgate: bus unavailable")                   // BUS_UNAVAILABLE
+	ErrShuttingDown         = errors.New("busgate: gateway shutting down")             // SHUTTING_DOWN
+	ErrNotSupported         = errors.New("busgate: not supported by this gateway")     // NOT_SUPPORTED
+	ErrMalformedFrame       = errors.New("busgate: malformed frame")                   // MALFORMED_FRAME
 	ErrIdleTimeout          = errors.New("busgate: closed by the gateway for silence") // IDLE_TIMEOUT
 )
 
@@ -123,7 +123,9 @@ func codeSentinel(c Code) error {
 	return nil
 }
 
-func protoErr(c Code, msg string) *ProtocolError { return &ProtocolError{Code: c, Message: msg, Local: true} }
+func protoErr(c Code, msg string) *ProtocolError {
+	return &ProtocolError{Code: c, Message: msg, Local: true}
+}
 
 // timeoutError is returned when a caller's context deadline ends a wait: it is both ErrTimeout and
 // the context's error.

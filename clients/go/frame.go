@@ -159,7 +159,7 @@ func (e *Encoder) nils(n int) {
 	}
 }
 
-func (e *Encoder) str(s string) { _ = e.enc.EncodeString(s) }
+func (e *Encoder) str(s string)  { _ = e.enc.EncodeString(s) }
 func (e *Encoder) uint(v uint64) { _ = e.enc.EncodeUint(v) }
 func (e *Encoder) bin(b []byte) {
 	_ = e.enc.EncodeBytesLen(len(b)) // bin even when empty or nil: payloads are always bin

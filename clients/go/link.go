@@ -15,6 +15,10 @@ import (
 
 const readBufSize = 64 * 1024
 
+// writeBufSize is the size of each of a link's two write buffers: publishers fill one while the
+// flusher writes the other, and wait when both are full.
+var writeBufSize = 64 * 1024
+
 // link is one transport connection to a gateway and its goroutines: a read loop that decodes and
 // dispatches frames, a flusher that writes everything queued in one write, and a heartbeat timer.
 // A Conn has one current link, plus links that received GOAWAY and are finishing their work.
@@ -30,12 +34,13 @@ type link struct {
 	heartbeat time.Duration
 
 	// Guarded by c.mu.
-	wbuf     []byte
-	spare    []byte
-	pongs    []chan error // one entry per PING sent, FIFO; nil for heartbeat PINGs
-	goaway   bool
-	synced   bool // the PONG after the resubscriptions arrived
-	syncPong chan error
+	wbuf         []byte
+	spare        []byte
+	flushPending bool
+	pongs        []chan error // one entry per PING sent, FIFO; nil for heartbeat PINGs
+	goaway       bool
+	synced       bool // the PONG after the resubscriptions arrived
+	syncPong     chan error
 
 	flushSig chan struct{}
 	done     chan struct{}
@@ -43,6 +48,16 @@ type link struct {
 	errMu    sync.Mutex
 	err      error
 	received atomic.Uint64 // frames received, for the heartbeat
+	grants   atomic.Int64  // requests delivered on this link and not yet answered
+}
+
+func (l *link) isDone() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
 }
 
 func newLink(c *Conn, nc net.Conn, u serverURL) *link {
@@ -55,13 +70,19 @@ func newLink(c *Conn, nc net.Conn, u serverURL) *link {
 		maxFrame: MaxFrameBeforeWelcome,
 		flushSig: make(chan struct{}, 1),
 		done:     make(chan struct{}),
+		wbuf:     make([]byte, 0, writeBufSize),
+		spare:    make([]byte, 0, writeBufSize),
 	}
 }
 
+// signal wakes the flusher unless a flush is already pending. c.mu is held.
 func (l *link) signal() {
-	select {
-	case l.flushSig <- struct{}{}:
-	default:
+	if !l.flushPending {
+		l.flushPending = true
+		select {
+		case l.flushSig <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -239,8 +260,12 @@ func (l *link) process(f *Frame) error {
 		if s == nil {
 			return nil // a sid this client no longer knows (section 7.4)
 		}
-		m := &Msg{Subject: f.Subject, Reply: f.ReplyTo, Data: f.Payload, Header: headerMap(f.Headers),
-			DeliveryID: f.DeliveryID, Sub: s, conn: c}
+		m := &Msg{Subject: f.Subject, Reply: f.ReplyTo, Data: f.Payload, DeliveryID: f.DeliveryID, Sub: s, conn: c, l: l}
+		m.Header, m.Tenant = headerMap(f.Headers)
+		if f.HasReplyTo && isInbox(f.ReplyTo) {
+			m.granted = true // not yet shared: no lock needed
+			l.grants.Add(1)
+		}
 		if s.push(m) { // AutoUnsubscribe limit reached; the gateway has ended it too
 			c.removeSub(s)
 			s.terminate(ErrMaxMessages, true)
@@ -349,7 +374,8 @@ func (c *Conn) notifyState() {
 	}
 }
 
-// flushLoop writes everything queued on the link in one write per wake-up.
+// flushLoop writes everything queued on the link, one write per buffer: publishers fill one buffer
+// while the other is being written.
 func (l *link) flushLoop() {
 	c := l.c
 	defer c.wg.Done()
@@ -360,21 +386,25 @@ func (l *link) flushLoop() {
 			return
 		}
 		c.mu.Lock()
-		buf := l.wbuf
-		l.wbuf = l.spare[:0]
-		l.spare = nil
-		c.mu.Unlock()
-		if len(buf) > 0 {
-			if _, err := l.nc.Write(buf); err != nil {
+		for len(l.wbuf) > 0 {
+			buf := l.wbuf
+			l.wbuf, l.spare = l.spare[:0], nil
+			if c.waiters > 0 {
+				c.cond.Broadcast()
+			}
+			c.mu.Unlock()
+			_, err := l.nc.Write(buf)
+			if err != nil {
 				l.shutdown(err)
 				return
 			}
-		}
-		c.mu.Lock()
-		if cap(buf) <= 4*readBufSize*16 { // keep buffers up to 4 MiB for reuse
+			if cap(buf) > 4*writeBufSize { // grown for a large frame: do not keep it
+				buf = make([]byte, 0, writeBufSize)
+			}
+			c.mu.Lock()
 			l.spare = buf[:0]
 		}
-		c.cond.Broadcast()
+		l.flushPending = false
 		c.mu.Unlock()
 	}
 }
@@ -421,7 +451,9 @@ func (l *link) heartbeatLoop() {
 }
 
 // retire closes a link that received GOAWAY once the new link's subscriptions are live and the
-// link's requests are answered, or at the deadline, whichever comes first (section 14).
+// link's requests and grants are answered, or at the deadline, whichever comes first (section 14).
+// Before closing it waits for a PONG on the link, so that frames still queued on it (a reply to a
+// request that arrived there) have reached the gateway.
 func (l *link) retire(deadline time.Time) {
 	c := l.c
 	defer c.wg.Done()
@@ -429,7 +461,7 @@ func (l *link) retire(deadline time.Time) {
 	defer t.Stop()
 	for {
 		c.mu.Lock()
-		ready := c.cur != nil && c.cur.synced && !c.hasPending(l)
+		ready := c.cur != nil && c.cur.synced && !c.hasPending(l) && l.grants.Load() <= 0
 		var ch chan struct{}
 		if !ready {
 			if c.stateCh == nil {
@@ -447,8 +479,22 @@ func (l *link) retire(deadline time.Time) {
 		case <-l.done:
 			return
 		case <-t.C:
+			l.shutdown(protoErr(CodeShuttingDown, "connection retired at the GOAWAY deadline"))
+			return
 		}
-		break
+	}
+	pong := make(chan error, 1)
+	c.mu.Lock()
+	ping := Frame{Op: OpPing}
+	l.wbuf, _ = c.enc.AppendFrame(l.wbuf, &ping)
+	l.pongs = append(l.pongs, pong)
+	l.signal()
+	c.mu.Unlock()
+	select {
+	case <-pong:
+	case <-l.done:
+		return
+	case <-t.C:
 	}
 	l.shutdown(protoErr(CodeShuttingDown, "connection retired after GOAWAY"))
 }

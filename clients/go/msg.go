@@ -1,5 +1,7 @@
 package busgate
 
+import "strings"
+
 // Header holds a message's headers: str keys to str values (docs/protocol.md section 11). Keys are
 // case-sensitive; keys starting with "busgate-" are set by gateways only (the gateway sets
 // "busgate-tenant" on every relayed message, so receivers can trust it).
@@ -22,17 +24,21 @@ type Msg struct {
 	Subject string
 	Reply   string // the subject to answer on (requests and PUBs with reply_to); "" for none
 	Data    []byte
-	Header  Header
+	Header  Header // application headers; nil when there are none
+
+	// Tenant is the tenant that published a received message or reply, from the busgate-tenant
+	// header that the gateway sets and clients cannot (section 11). That header is moved here and
+	// is not repeated in Header. Ignored when publishing.
+	Tenant string
 
 	// DeliveryID is set only on subscriptions with explicit acknowledgement (reserved, section 16).
 	DeliveryID uint64
 
-	Sub  *Subscription // the subscription it arrived on; nil for published messages and replies
-	conn *Conn
+	Sub     *Subscription // the subscription it arrived on; nil for published messages and replies
+	conn    *Conn
+	l       *link // the connection it arrived on
+	granted bool  // it carries an _INBOX. reply subject not yet answered; guarded by conn.mu
 }
-
-// Tenant returns the tenant that published the message, from the gateway-set header.
-func (m *Msg) Tenant() string { return m.Header[HeaderTenant] }
 
 // Respond publishes data to the message's reply subject. A message that arrived through a request
 // grants the receiving connection one publish to that subject (section 12.3).
@@ -52,5 +58,19 @@ func (m *Msg) RespondMsg(reply *Msg) error {
 	if c == nil {
 		return ErrBadSubscription
 	}
-	return c.publish(m.Reply, "", reply.Header, reply.Data)
+	// The grant to answer an _INBOX. subject belongs to the connection the request arrived on
+	// (section 12.3), so the reply goes there even after that connection received GOAWAY.
+	err := c.publishVia(m.l, m.Reply, "", reply.Header, reply.Data)
+	if m.l != nil {
+		c.mu.Lock()
+		if m.granted {
+			m.granted = false
+			m.l.grants.Add(-1)
+			c.notifyState()
+		}
+		c.mu.Unlock()
+	}
+	return err
 }
+
+func isInbox(subject string) bool { return strings.HasPrefix(subject, "_INBOX.") }

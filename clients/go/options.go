@@ -19,7 +19,6 @@ const (
 	DefaultReconnectBufSize  = 8 * 1024 * 1024
 	DefaultPendingMsgsLimit  = 65536
 	DefaultPendingBytesLimit = 64 * 1024 * 1024
-	DefaultWriteBufLimit     = 8 * 1024 * 1024
 )
 
 // MsgHandler processes messages of an asynchronous subscription.
@@ -73,7 +72,6 @@ type Options struct {
 
 	PendingMsgsLimit  int // per subscription: messages queued for the handler before drops
 	PendingBytesLimit int // per subscription: bytes queued for the handler before drops
-	WriteBufLimit     int // bytes queued toward the gateway before publishers wait
 
 	DisconnectedErrCB ConnErrHandler
 	ReconnectedCB     ConnHandler
@@ -97,7 +95,6 @@ func GetDefaultOptions() Options {
 		ReconnectBufSize:  DefaultReconnectBufSize,
 		PendingMsgsLimit:  DefaultPendingMsgsLimit,
 		PendingBytesLimit: DefaultPendingBytesLimit,
-		WriteBufLimit:     DefaultWriteBufLimit,
 	}
 }
 
@@ -215,4 +212,16 @@ func ErrorHandler(cb ErrHandler) Option {
 // OnGoAway sets a handler called when the gateway sends GOAWAY.
 func OnGoAway(cb GoAwayHandler) Option {
 	return func(o *Options) error { o.GoAwayCB = cb; return nil }
+}
+
+// MaxFrame asks the gateway for a smaller maximum frame size (HELLO opts max_frame, section 6.5);
+// the spec advises against less than 65535.
+func MaxFrame(n int) Option {
+	return func(o *Options) error {
+		if n <= 0 {
+			return fmt.Errorf("%w: max frame must be positive", ErrInvalidArg)
+		}
+		o.MaxFrame = n
+		return nil
+	}
 }
