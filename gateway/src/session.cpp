@@ -243,7 +243,8 @@ void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
       return send_err(Code::permission_denied, "publish to '" + std::string(p.subject) + "' is not permitted", 3, ref);
     map_outbound_subject(c, p.subject, subject);
   }
-  if (!tenant_->try_publish(p.payload.size()))
+  // Replies through a grant answer an admitted request: they are not rate-limited (spec 12.3).
+  if (!p.subject.starts_with(kInbox) && !tenant_->try_publish(p.payload.size()))
     return send_err(Code::rate_limited, "tenant publish rate exceeded; message dropped", 3, ref);
   reply.clear();
   if (p.reply_to) reply.assign(c.prefix).append(*p.reply_to);

@@ -336,10 +336,18 @@ DecodeResult decode(std::string_view body, Origin from, Frame& out) {
   uint64_t op = 0;
   if (!rd.read_uint(op)) return fail(std::move(r), Code::malformed_frame, "op is not an unsigned integer");
   r.op = op;
-  if (op == 0 || op > kMaxOp) return fail(std::move(r), Code::unknown_op, "unknown op " + std::to_string(op));
-  if (!op_allowed_from(op, from))
+  const bool unknown = op == 0 || op > kMaxOp;
+  if (unknown || !op_allowed_from(op, from)) {
+    // docs/protocol.md 3.4: the body must be well-formed msgpack (check 2) before the op is judged.
+    for (uint32_t i = 1; i < n; ++i)
+      if (!rd.skip()) return fail(std::move(r), Code::malformed_frame, "malformed msgpack in the frame body");
+    if (!rd.at_end())
+      return fail(std::move(r), Code::malformed_frame,
+                  std::to_string(rd.remaining()) + " trailing bytes after the frame array");
+    if (unknown) return fail(std::move(r), Code::unknown_op, "unknown op " + std::to_string(op));
     return fail(std::move(r), Code::unexpected_op,
                 std::string(op_name(op)) + " is not sent by a " + (from == Origin::client ? "client" : "gateway"));
+  }
   Fields f(rd, n - 1, op);
   if (!decode_fields(f, op, out) || !f.finish()) return fail(std::move(r), Code::malformed_frame, f.error);
   if (!rd.at_end())

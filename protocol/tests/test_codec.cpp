@@ -112,6 +112,10 @@ TEST_CASE("structural errors", "[codec]") {
   CHECK(r.op == 99);
   // MSG from a client is in the wrong direction
   CHECK(decode(from_hex("940601a161c400"), Origin::client, f).code == Code::unexpected_op);
+  // an unknown op whose body is not well-formed is MALFORMED_FRAME (the body is checked first)
+  CHECK(decode(from_hex("9263c1"), Origin::client, f).code == Code::malformed_frame);
+  CHECK(decode(from_hex("9263d40001"), Origin::client, f).code == Code::malformed_frame);  // ext
+  CHECK(decode(from_hex("926300ff"), Origin::client, f).code == Code::malformed_frame);    // trailing byte
   // payload as str instead of bin
   r = decode(from_hex("9303a161a26869"), Origin::client, f);
   CHECK(r.code == Code::malformed_frame);

@@ -283,3 +283,18 @@ def test_other_clients_unaffected_by_a_bad_one(gw, clients):
     p = clients(gw.client())
     p.pub("ok", b"still here")
     assert good.expect(MSG)[3] == b"still here"
+
+
+def test_replies_are_not_rate_limited(start_gateway, clients):
+    g = start_gateway("tenants: [{name: demo, tokens: [dev-token-1], limits: {publish_msgs_per_sec: 1}}]\n")
+    responder = clients(g.client("dev-token-1"))
+    responder.sub(1, "svc.echo")
+    requester = clients(g.client("dev-token-1"))
+    responder.pub("use.up.the.bucket", b"", ack=1)
+    assert responder.expect(OK) == [OK, PUB, 1]
+    for i in range(1, 4):
+        requester.send(REQ, i, "svc.echo", str(i).encode())
+        m = responder.expect(MSG)
+        responder.pub(m[5], b"re:" + m[3], ack=10 + i)
+        assert responder.expect(OK) == [OK, PUB, 10 + i]
+        assert requester.expect(RES)[1:4] == [i, 0, b"re:" + str(i).encode()]
