@@ -5,7 +5,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <string_view>
 
 #include "busgate/protocol/errors.hpp"
@@ -36,6 +38,30 @@ class BusMessage {
 using BusMessagePtr = std::shared_ptr<const BusMessage>;
 using DeliverFn = std::function<void(const BusMessagePtr&)>;
 using ReplyFn = std::function<void(proto::Code status, const BusMessagePtr& reply)>;
+
+// The pending requests of a bus's node inbox: token → callback, each callback taken at most once
+// (by a reply, a no-responders answer, or never after cancel). Thread-safe.
+class ReplyTable {
+ public:
+  void add(uint64_t token, ReplyFn fn) {
+    std::lock_guard lk(mu_);
+    pending_.emplace(token, std::move(fn));
+  }
+  // The callback for `token`, removed; empty when it was already taken or cancelled.
+  ReplyFn take(uint64_t token) {
+    std::lock_guard lk(mu_);
+    auto it = pending_.find(token);
+    if (it == pending_.end()) return {};
+    ReplyFn fn = std::move(it->second);
+    pending_.erase(it);
+    return fn;
+  }
+  void cancel(uint64_t token) { take(token); }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<uint64_t, ReplyFn> pending_;
+};
 
 struct BusStats {
   uint64_t subscriptions = 0;  // subscriptions held on the bus (after any dedup)

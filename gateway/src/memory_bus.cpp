@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <charconv>
 
+#include "busgate/protocol/subject.hpp"
+
 namespace busgate::gw {
 
 BusMessage::BusMessage(std::string_view subject_in, std::string_view reply_in, std::string_view headers_in,
@@ -26,27 +28,9 @@ void BusMessage::set_reply_to(std::string reply) {
   reply_to = reply_storage_;
 }
 
-namespace {
-
-std::vector<std::string_view> split(std::string_view s) {
-  std::vector<std::string_view> out;
-  size_t start = 0;
-  while (true) {
-    const size_t dot = s.find('.', start);
-    if (dot == std::string_view::npos) {
-      out.push_back(s.substr(start));
-      return out;
-    }
-    out.push_back(s.substr(start, dot - start));
-    start = dot + 1;
-  }
-}
-
-}  // namespace
-
 void SubjectTrie::insert(EntryPtr e) {
   Node* n = &root_;
-  for (auto tok : split(e->subject)) {
+  for (auto tok : proto::subject_tokens(e->subject)) {
     if (tok == "*") {
       if (!n->star) n->star = std::make_unique<Node>();
       n = n->star.get();
@@ -90,7 +74,7 @@ bool SubjectTrie::remove_at(Node* n, const std::vector<std::string_view>& toks, 
 }
 
 void SubjectTrie::remove(const EntryPtr& e) {
-  if (remove_at(&root_, split(e->subject), 0, e)) --count_;
+  if (remove_at(&root_, proto::subject_tokens(e->subject), 0, e)) --count_;
 }
 
 void SubjectTrie::match_node(const Node* n, const std::string_view* toks, size_t count, size_t i,
@@ -183,15 +167,7 @@ proto::Code MemoryBus::publish(BusMessagePtr msg, bool /*immediate: delivery is 
     uint64_t token = 0;
     const auto rest = msg->subject.substr(inbox_prefix_.size());
     std::from_chars(rest.data(), rest.data() + rest.size(), token);
-    ReplyFn fn;
-    {
-      std::lock_guard lk(req_mu_);
-      auto it = requests_.find(token);
-      if (it == requests_.end()) return proto::Code::ok;  // late reply: dropped
-      fn = std::move(it->second);
-      requests_.erase(it);
-    }
-    fn(proto::Code::ok, msg);
+    if (ReplyFn fn = requests_.take(token)) fn(proto::Code::ok, msg);  // else a late reply: dropped
     return proto::Code::ok;
   }
   deliver(msg);
@@ -201,28 +177,13 @@ proto::Code MemoryBus::publish(BusMessagePtr msg, bool /*immediate: delivery is 
 uint64_t MemoryBus::request(std::shared_ptr<BusMessage> msg, ReplyFn fn) {
   const uint64_t token = next_id_.fetch_add(1);
   msg->set_reply_to(inbox_prefix_ + std::to_string(token));
-  {
-    std::lock_guard lk(req_mu_);
-    requests_.emplace(token, std::move(fn));
-  }
-  if (deliver(msg) == 0) {
-    ReplyFn f;
-    {
-      std::lock_guard lk(req_mu_);
-      auto it = requests_.find(token);
-      if (it == requests_.end()) return token;
-      f = std::move(it->second);
-      requests_.erase(it);
-    }
-    f(proto::Code::no_responders, nullptr);
-  }
+  requests_.add(token, std::move(fn));
+  if (deliver(msg) == 0)
+    if (ReplyFn f = requests_.take(token)) f(proto::Code::no_responders, nullptr);
   return token;
 }
 
-void MemoryBus::cancel_request(uint64_t token) {
-  std::lock_guard lk(req_mu_);
-  requests_.erase(token);
-}
+void MemoryBus::cancel_request(uint64_t token) { requests_.cancel(token); }
 
 BusStats MemoryBus::stats() const {
   std::shared_lock lk(mu_);

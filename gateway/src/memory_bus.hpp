@@ -72,8 +72,7 @@ class MemoryBus final : public Bus {
   std::atomic<uint64_t> next_id_{1};
   std::atomic<uint64_t> rr_{0};
 
-  std::mutex req_mu_;
-  std::unordered_map<uint64_t, ReplyFn> requests_;
+  ReplyTable requests_;
 };
 
 }  // namespace busgate::gw

@@ -354,29 +354,13 @@ proto::Code NatsBus::publish(BusMessagePtr msg, bool immediate) {
 uint64_t NatsBus::request(std::shared_ptr<BusMessage> msg, ReplyFn fn) {
   const uint64_t token = next_id_.fetch_add(1);
   msg->set_reply_to(inbox_prefix_ + std::to_string(token));
-  {
-    std::lock_guard lk(req_mu_);
-    requests_.emplace(token, std::move(fn));
-  }
-  const Code c = send(fast_, *msg);
-  if (c != Code::ok) {
-    ReplyFn f;
-    {
-      std::lock_guard lk(req_mu_);
-      auto it = requests_.find(token);
-      if (it == requests_.end()) return token;
-      f = std::move(it->second);
-      requests_.erase(it);
-    }
-    f(c, nullptr);
-  }
+  requests_.add(token, std::move(fn));
+  if (const Code c = send(fast_, *msg); c != Code::ok)
+    if (ReplyFn f = requests_.take(token)) f(c, nullptr);
   return token;
 }
 
-void NatsBus::cancel_request(uint64_t token) {
-  std::lock_guard lk(req_mu_);
-  requests_.erase(token);
-}
+void NatsBus::cancel_request(uint64_t token) { requests_.cancel(token); }
 
 void NatsBus::on_inbox(natsMsg* m) {
   const std::string_view subject = natsMsg_GetSubject(m);
@@ -385,16 +369,10 @@ void NatsBus::on_inbox(natsMsg* m) {
     const auto rest = subject.substr(inbox_prefix_.size());
     std::from_chars(rest.data(), rest.data() + rest.size(), token);
   }
-  ReplyFn fn;
-  {
-    std::lock_guard lk(req_mu_);
-    auto it = requests_.find(token);
-    if (it == requests_.end()) {  // late, duplicate or cancelled
-      natsMsg_Destroy(m);
-      return;
-    }
-    fn = std::move(it->second);
-    requests_.erase(it);
+  ReplyFn fn = requests_.take(token);
+  if (!fn) {  // late, duplicate or cancelled
+    natsMsg_Destroy(m);
+    return;
   }
   if (natsMsg_IsNoResponders(m)) {
     natsMsg_Destroy(m);

@@ -59,8 +59,7 @@ class NatsBus final : public Bus {
   std::unordered_map<uint64_t, Interest*> by_local_id_;
   std::atomic<uint64_t> next_id_{1};
 
-  std::mutex req_mu_;
-  std::unordered_map<uint64_t, ReplyFn> requests_;
+  ReplyTable requests_;
   std::atomic<uint64_t> reconnects_{0};
   mutable std::atomic<int64_t> max_payload_{0};  // the server's max_payload, remembered while disconnected
 };

@@ -9,20 +9,6 @@
 namespace busgate::gw {
 namespace {
 
-std::vector<std::string_view> tokens(std::string_view s) {
-  std::vector<std::string_view> out;
-  size_t start = 0;
-  while (true) {
-    const size_t dot = s.find('.', start);
-    if (dot == std::string_view::npos) {
-      out.push_back(s.substr(start));
-      return out;
-    }
-    out.push_back(s.substr(start, dot - start));
-    start = dot + 1;
-  }
-}
-
 // "a.b.>" → "a.b"; ">" → ""; an exact subject → nullopt.
 std::optional<std::string_view> prefix_head(std::string_view pattern) {
   if (pattern == ">") return std::string_view{};
@@ -55,8 +41,8 @@ Mapping map_with(const TenantConfig& t, std::string_view subject, Import::Kind k
 }  // namespace
 
 bool pattern_covers(std::string_view outer, std::string_view inner) {
-  const auto o = tokens(outer);
-  const auto in = tokens(inner);
+  const auto o = proto::subject_tokens(outer);
+  const auto in = proto::subject_tokens(inner);
   size_t i = 0;
   for (; i < o.size(); ++i) {
     if (o[i] == ">") return i < in.size();
@@ -69,8 +55,8 @@ bool pattern_covers(std::string_view outer, std::string_view inner) {
 }
 
 bool patterns_overlap(std::string_view a, std::string_view b) {
-  const auto x = tokens(a);
-  const auto y = tokens(b);
+  const auto x = proto::subject_tokens(a);
+  const auto y = proto::subject_tokens(b);
   size_t i = 0;
   for (; i < x.size() && i < y.size(); ++i) {
     if (x[i] == ">" || y[i] == ">") return true;

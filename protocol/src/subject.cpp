@@ -88,6 +88,15 @@ Code validate_header(std::string_view key, std::string_view value) {
   return Code::ok;
 }
 
+std::vector<std::string_view> subject_tokens(std::string_view s) {
+  std::vector<std::string_view> out;
+  for_each_token(s, [&](std::string_view tok, bool) {
+    out.push_back(tok);
+    return true;
+  });
+  return out;
+}
+
 bool subject_matches(std::string_view pattern, std::string_view subject) {
   size_t p = 0;
   size_t s = 0;

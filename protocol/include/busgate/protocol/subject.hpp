@@ -2,6 +2,7 @@
 // Subject, queue-group and header grammar (docs/protocol.md "Subjects" and "Headers").
 
 #include <string_view>
+#include <vector>
 
 #include "busgate/protocol/errors.hpp"
 
@@ -23,6 +24,9 @@ bool is_reserved_subject(std::string_view subject);  // starts with '$'
 Code validate_queue(std::string_view queue);
 bool is_reserved_header(std::string_view key);  // "busgate-" prefix, ASCII case-insensitive
 Code validate_header(std::string_view key, std::string_view value);
+
+// The '.'-separated tokens of a subject or pattern (views into it).
+std::vector<std::string_view> subject_tokens(std::string_view subject);
 
 // NATS semantics: '*' matches one token, '>' (last) one or more.
 bool subject_matches(std::string_view pattern, std::string_view subject);
