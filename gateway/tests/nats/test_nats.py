@@ -115,8 +115,30 @@ def test_nats_outage_and_recovery(nats, start_gateway, clients):
     ns = nats()
     g = start_gateway(gateway_config([ns.url], "gw-out"))
     sub = clients(g.client())
-    pub = clients(g.client())
     sub.sub(1, "live")
+    qsub = clients(g.client())
+    qsub.sub(2, "live.q", queue="workers")
+    # traffic from a second connection throughout: before, during and after the outage
+    traffic = clients(g.client())
+    stop = threading.Event()
+    refused = []
+
+    def publish_loop():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            traffic.send(PUB, "live.q", b"t", None, None, i)
+            try:
+                f = traffic.recv(timeout=1)
+            except TimeoutError:
+                continue
+            if f[0] == ERR:
+                refused.append(f[1])
+            time.sleep(0.005)
+
+    t = threading.Thread(target=publish_loop)
+    t.start()
+    pub = clients(g.client())
     pub.pub("live", b"before")
     assert sub.expect(MSG)[3] == b"before"
     ns.stop()
@@ -133,18 +155,24 @@ def test_nats_outage_and_recovery(nats, start_gateway, clients):
     assert sub.flush()
     t0 = time.monotonic()
     ns.start()
-    # subscriptions are re-established without the client doing anything
+    # subscriptions (plain and queue) are re-established without the client doing anything
     while True:
         pub.pub("live", b"after")
         try:
             m = sub.expect(MSG, timeout=0.1)
-            assert m[3] == b"after"
-            break
+            if m[3] == b"after":
+                break
         except TimeoutError:
             assert time.monotonic() - t0 < 5, "no delivery after NATS came back"
     elapsed = time.monotonic() - t0
-    assert elapsed < 2.5, elapsed
+    stop.set()
+    t.join(5)
+    assert elapsed < 2.0, elapsed
     assert g.http_get("/readyz")[0] == 200
+    assert set(refused) <= {E["BUS_UNAVAILABLE"]} and refused  # refused only while NATS was away
+    qsub.drain(MSG, quiet=0.1)
+    traffic.pub("live.q", b"after")
+    assert qsub.expect(MSG)[3] == b"after"  # the queue subscription delivers again
 
 
 def test_interop_with_plain_nats_clients(nats, start_gateway, clients):
