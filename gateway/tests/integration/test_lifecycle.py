@@ -84,13 +84,16 @@ def test_sighup_reload(start_gateway, clients):
     err = old.expect(ERR)
     assert err[1] == E["AUTH_REVOKED"]
     old.expect_closed()
+    t0 = time.monotonic()
     for i in range(1, 6):
         keep.pub("x", b"m", ack=i)
-    answers = [keep.recv() for _ in range(5 + 2)]  # 2 MSG (allowed by the new rate limit)...
+    answers = keep.drain(quiet=0.3)  # every frame until the connection is quiet
+    elapsed = time.monotonic() - t0
     oks = [a for a in answers if a[0] == OK]
     errs = [a for a in answers if a[0] == ERR]
     msgs = [a for a in answers if a[0] == MSG]
-    assert len(oks) == 2 and len(msgs) == 2 and len(errs) == 3  # ...and the new limit applies at once
+    # the new limit (2/s, burst 2) applies at once: about 2 of the 5 pass
+    assert 2 <= len(oks) <= 2 + int(2 * elapsed) and len(msgs) == len(oks) and len(errs) == 5 - len(oks)
     assert all(e[1] == E["RATE_LIMITED"] for e in errs)
 
 
