@@ -102,13 +102,28 @@ def test_three_server_cluster(nats_cluster, start_gateway, clients):
     b = clients(gb.client())
     a.sub(1, "c.>")
     b.sub(1, "svc.q")
-    time.sleep(0.3)  # route interest propagation across the cluster
-    b.pub("c.x", b"through the cluster")
-    assert a.expect(MSG)[3] == b"through the cluster"
-    a.send(REQ, 1, "svc.q", b"?")
-    req = b.expect(MSG)
-    b.pub(req[5], b"!")
-    assert a.expect(RES)[1:4] == [1, 0, b"!"]
+    # Interest crosses the cluster's routes asynchronously: retry (bounded) until it has arrived.
+    deadline = time.monotonic() + 10
+    while True:
+        b.pub("c.x", b"through the cluster")
+        try:
+            assert a.expect(MSG, timeout=0.2)[3] == b"through the cluster"
+            break
+        except TimeoutError:
+            assert time.monotonic() < deadline, "no delivery across the cluster"
+    req_id = 0
+    while True:
+        req_id += 1
+        a.send(REQ, req_id, "svc.q", b"?", None, 2000)
+        try:  # either the responder behind node B gets it, or node A answers NO_RESPONDERS
+            req = b.expect(MSG, timeout=0.5)
+        except TimeoutError:
+            assert a.expect(RES)[1:3] == [req_id, E["NO_RESPONDERS"]]
+            assert time.monotonic() < deadline, "the responder's interest never reached node A"
+            continue
+        b.pub(req[5], b"!")
+        assert a.expect(RES)[1:4] == [req_id, 0, b"!"]
+        break
 
 
 def test_nats_outage_and_recovery(nats, start_gateway, clients):
