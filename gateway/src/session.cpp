@@ -126,13 +126,7 @@ void Session::handle(const proto::Frame& f, const proto::DecodeResult& r) {
     case proto::Op::sub: return on_sub(std::get<proto::Sub>(f), r);
     case proto::Op::unsub: return on_unsub(std::get<proto::Unsub>(f));
     case proto::Op::req: return on_req(std::get<proto::Req>(f), r);
-    case proto::Op::ping: {
-      std::lock_guard lk(out_mu_);
-      std::string frame;
-      proto::encode_framed(proto::Pong{}, frame);
-      out_buf_ += frame;  // control frames bypass the bound: they are tiny and keep the link alive
-      return;
-    }
+    case proto::Op::ping: return send_frame(proto::Pong{});  // control frames bypass the outbound bound
     case proto::Op::pong: return;
     case proto::Op::ack:
       return send_err(Code::not_supported, "durable consumption (ACK) is not supported by this gateway", 14,
@@ -682,16 +676,13 @@ void Session::goaway(uint32_t delay_ms) {
     self->drain_timer_.expires_after(std::chrono::milliseconds(delay_ms));
     self->drain_timer_.async_wait([weak = self->weak_from_this()](const boost::system::error_code& ec) {
       if (ec) return;
-      if (auto s = weak.lock()) {
-        s->drain_delay_passed_ = true;
-        s->maybe_finish_drain();
-      }
+      if (auto s = weak.lock()) s->finish_drain();
     });
   });
 }
 
-void Session::maybe_finish_drain() {
-  if (state_ != State::draining || !drain_delay_passed_ || closing_) return;
+void Session::finish_drain() {
+  if (state_ != State::draining || closing_) return;
   // docs/protocol.md section 14: RES SHUTTING_DOWN for every REQ still in flight, then a fatal ERR.
   std::vector<uint32_t> ids;
   for (const auto& [req_id, inf] : inflight_) ids.push_back(req_id);

@@ -94,7 +94,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string map_reply_locked(const std::string& bus_reply, const std::string& own_prefix);
   void arm_handshake_timer();
   void arm_heartbeat();
-  void maybe_finish_drain();
+  void finish_drain();  // at the GOAWAY delay: RES SHUTTING_DOWN for in-flight REQs, then close
 
   Server& server_;
   boost::asio::any_io_executor ex_;
@@ -123,7 +123,6 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::steady_timer heartbeat_timer_;
   boost::asio::steady_timer drain_timer_;
   boost::asio::steady_timer close_timer_;  // bounds how long a fatal ERR may wait to be written
-  bool drain_delay_passed_ = false;
 
   std::unordered_map<uint32_t, std::shared_ptr<SubState>> subs_;  // changed on the executor only
   mutable std::mutex subs_mu_;  // held while subs_ changes, and by readers on other threads
