@@ -56,13 +56,6 @@ struct Session::SubState {
   std::atomic<uint64_t> remaining{0};     // UNSUB max_msgs countdown; 0 = unlimited
 };
 
-struct Session::Inflight {
-  uint64_t token = 0;
-  Clock::time_point started;
-  asio::steady_timer timer;
-  explicit Inflight(asio::any_io_executor ex) : timer(std::move(ex)) {}
-};
-
 Session::Session(Server& server, asio::any_io_executor ex, uint64_t id)
     : server_(server),
       ex_(ex),
@@ -72,6 +65,7 @@ Session::Session(Server& server, asio::any_io_executor ex, uint64_t id)
       heartbeat_timer_(ex),
       drain_timer_(ex),
       close_timer_(ex),
+      request_timer_(ex),
       max_pending_(server.config().max_pending_bytes) {}
 
 Session::~Session() = default;
@@ -336,39 +330,60 @@ void Session::on_req(const proto::Req& q, const proto::DecodeResult& r) {
   server_.metrics().requests_total.fetch_add(1, std::memory_order_relaxed);
   server_.metrics().requests_inflight.fetch_add(1, std::memory_order_relaxed);
 
-  auto inf = std::make_unique<Inflight>(ex_);
-  inf->started = Clock::now();
-  auto* raw = inf.get();
-  inflight_.emplace(q.req_id, std::move(inf));
+  const auto now = Clock::now();
+  Inflight& inf = inflight_[q.req_id];
+  inf.started = now;
+  inf.deadline = now + std::chrono::milliseconds(timeout);
+  inf.timeout_ms = timeout;
   inflight_count_.store(inflight_.size(), std::memory_order_relaxed);
   const uint32_t req_id = q.req_id;
   std::weak_ptr<Session> weak = weak_from_this();
   // The token is filled in below; the reply callback always runs later, on this executor.
   auto token_holder = std::make_shared<uint64_t>(0);
-  raw->token = server_.bus().request(msg, [weak, req_id, token_holder, ex = ex_](Code st, const BusMessagePtr& m) {
+  inf.token = server_.bus().request(msg, [weak, req_id, token_holder, ex = ex_](Code st, const BusMessagePtr& m) {
     asio::post(ex, [weak, req_id, token_holder, st, m] {
       if (auto self = weak.lock()) self->on_bus_reply(req_id, *token_holder, st, m);
     });
   });
-  *token_holder = raw->token;
-  raw->timer.expires_after(std::chrono::milliseconds(timeout));
-  raw->timer.async_wait([weak, req_id, token = raw->token, timeout](const boost::system::error_code& ec) {
+  *token_holder = inf.token;
+  arm_request_timer(inf.deadline);
+}
+
+// One timer per session serves every request deadline. It is moved only when a new deadline is
+// earlier than the armed one, so a steady stream of requests does not touch the timer at all.
+void Session::arm_request_timer(Clock::time_point deadline) {
+  if (deadline >= request_timer_at_) return;
+  request_timer_at_ = deadline;
+  request_timer_.expires_at(deadline);
+  request_timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
     if (ec) return;
-    auto self = weak.lock();
-    if (!self) return;
-    auto it = self->inflight_.find(req_id);
-    if (it == self->inflight_.end() || it->second->token != token) return;
-    self->server_.bus().cancel_request(token);
-    self->send_res(req_id, Code::request_timeout, "no reply within " + std::to_string(timeout) + " ms");
-    self->finish_request(req_id);
-    self->flush();
+    if (auto self = weak.lock()) self->on_request_timer();
   });
+}
+
+void Session::on_request_timer() {
+  request_timer_at_ = Clock::time_point::max();
+  const auto now = Clock::now();
+  std::vector<uint32_t> expired;
+  auto next = Clock::time_point::max();
+  for (const auto& [req_id, inf] : inflight_) {
+    if (inf.deadline <= now) expired.push_back(req_id);
+    else next = std::min(next, inf.deadline);
+  }
+  for (const uint32_t req_id : expired) {
+    const Inflight& inf = inflight_[req_id];
+    server_.bus().cancel_request(inf.token);
+    send_res(req_id, Code::request_timeout, "no reply within " + std::to_string(inf.timeout_ms) + " ms");
+    finish_request(req_id);
+  }
+  if (next != Clock::time_point::max()) arm_request_timer(next);
+  flush();
 }
 
 void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const BusMessagePtr& m) {
   auto it = inflight_.find(req_id);
-  if (it == inflight_.end() || it->second->token != token) return;  // timed out or cancelled
-  const auto started = it->second->started;
+  if (it == inflight_.end() || it->second.token != token) return;  // timed out or cancelled
+  const auto started = it->second.started;
   if (status == Code::ok && m) {
     std::string frame;
     proto::encode_res_framed(frame, req_id, 0, m->payload, m->headers);
@@ -394,8 +409,7 @@ void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const B
 void Session::finish_request(uint32_t req_id) {
   auto it = inflight_.find(req_id);
   if (it == inflight_.end()) return;
-  it->second->timer.cancel();
-  inflight_.erase(it);
+  inflight_.erase(it);  // the request timer is not moved: it skips requests that are gone
   inflight_count_.store(inflight_.size(), std::memory_order_relaxed);
   tenant_->release_request();
   server_.metrics().requests_inflight.fetch_sub(1, std::memory_order_relaxed);
@@ -614,9 +628,9 @@ void Session::cleanup() {
     std::lock_guard lk(subs_mu_);
     subs_.clear();
   }
+  request_timer_.cancel();
   for (auto& [req_id, inf] : inflight_) {
-    inf->timer.cancel();
-    server_.bus().cancel_request(inf->token);
+    server_.bus().cancel_request(inf.token);
     tenant_->release_request();
     server_.metrics().requests_inflight.fetch_sub(1, std::memory_order_relaxed);
   }
@@ -687,7 +701,7 @@ void Session::finish_drain() {
   std::vector<uint32_t> ids;
   for (const auto& [req_id, inf] : inflight_) ids.push_back(req_id);
   for (const uint32_t req_id : ids) {
-    server_.bus().cancel_request(inflight_[req_id]->token);
+    server_.bus().cancel_request(inflight_[req_id].token);
     send_res(req_id, Code::shutting_down, "the gateway is shutting down; send the request again elsewhere");
     finish_request(req_id);
   }

@@ -60,7 +60,12 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   struct SubState;
-  struct Inflight;
+  struct Inflight {
+    uint64_t token = 0;  // the bus's request token
+    std::chrono::steady_clock::time_point started;
+    std::chrono::steady_clock::time_point deadline;
+    uint64_t timeout_ms = 0;
+  };
 
   void handle(const proto::Frame& f, const proto::DecodeResult& r);
   void on_hello(const proto::Hello& h, const proto::DecodeResult& r);
@@ -70,6 +75,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_req(const proto::Req& q, const proto::DecodeResult& r);
   void on_bus_reply(uint32_t req_id, uint64_t token, proto::Code status, const BusMessagePtr& reply);
   void finish_request(uint32_t req_id);
+  void arm_request_timer(std::chrono::steady_clock::time_point deadline);
+  void on_request_timer();
   void remove_sub(uint32_t sid);
 
   // Outbound (any thread): encode into the queue under out_mu_, then make sure a flush is coming.
@@ -126,7 +133,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   std::unordered_map<uint32_t, std::shared_ptr<SubState>> subs_;  // changed on the executor only
   mutable std::mutex subs_mu_;  // held while subs_ changes, and by readers on other threads
-  std::unordered_map<uint32_t, std::unique_ptr<Inflight>> inflight_;
+  std::unordered_map<uint32_t, Inflight> inflight_;
+  boost::asio::steady_timer request_timer_;
+  std::chrono::steady_clock::time_point request_timer_at_ = std::chrono::steady_clock::time_point::max();
 
   mutable std::mutex out_mu_;
   std::string out_buf_;      // frames waiting to be written
