@@ -193,6 +193,13 @@ void parse_hostport(const std::string& url, std::string& host, int& port) {
   port = std::stoi(rest.substr(c + 1));
 }
 
+std::unique_ptr<BgConn> bg_connect(const std::string& url, const std::string& token, size_t rcvbuf = 0) {
+  std::string host;
+  int port = 0;
+  parse_hostport(url, host, port);
+  return std::make_unique<BgConn>(host, port, token, rcvbuf);
+}
+
 // Publishes `count` messages in batches (many frames per send, like a real client's writer).
 void bg_publish(BgConn& c, const std::string& subject, size_t size, uint64_t count) {
   const std::string payload(size, 'x');
@@ -292,17 +299,14 @@ double run_delivery(const Options& o, int subs, uint64_t count, bool stalled_ext
     if (stalled) natsConnection_Destroy(stalled);
     natsConnection_Destroy(pub);
   } else {
-    std::string host;
-    int port = 0;
-    parse_hostport(o.target, host, port);
     std::vector<std::unique_ptr<BgConn>> conns;
     for (int i = 0; i < subs; ++i) {
-      conns.push_back(std::make_unique<BgConn>(host, port, o.token));
+      conns.push_back(bg_connect(o.target, o.token));
       conns.back()->sub(1, o.subject);
     }
     std::unique_ptr<BgConn> stalled;
     if (stalled_extra) {
-      stalled = std::make_unique<BgConn>(host, port, o.token, 4096);
+      stalled = bg_connect(o.target, o.token, 4096);
       stalled->sub(1, o.subject);  // and never reads again
     }
     std::vector<std::thread> readers;
@@ -317,10 +321,10 @@ double run_delivery(const Options& o, int subs, uint64_t count, bool stalled_ext
           }
         }
       });
-    BgConn pub(host, port, o.token);
+    auto pub = bg_connect(o.target, o.token);
     start = now_ns();
-    bg_publish(pub, o.subject, o.size, count);
-    pub.flush();
+    bg_publish(*pub, o.subject, o.size, count);
+    pub->flush();
     const auto deadline = Clock::now() + std::chrono::seconds(60);
     for (;;) {
       uint64_t total = 0;
@@ -353,12 +357,9 @@ void workload_pub(const Options& o) {
     natsConnection_Flush(nc);
     natsConnection_Destroy(nc);
   } else {
-    std::string host;
-    int port = 0;
-    parse_hostport(o.target, host, port);
-    BgConn c(host, port, o.token);
-    bg_publish(c, o.subject, o.size, o.count);
-    c.flush();
+    auto c = bg_connect(o.target, o.token);
+    bg_publish(*c, o.subject, o.size, o.count);
+    c->flush();
   }
   const double rate = static_cast<double>(o.count) / secs(Clock::now() - t0);
   emit(o, "\"msgs_per_sec\":" + std::to_string(rate));
@@ -411,10 +412,7 @@ struct Responder {
           nullptr);
       natsConnection_Flush(nc);
     } else {
-      std::string host;
-      int port = 0;
-      parse_hostport(where, host, port);
-      bg = std::make_unique<BgConn>(host, port, o.token);
+      bg = bg_connect(where, o.token);
       bg->sub(1, "bench.svc");
       th = std::thread([this] {
         proto::Frame f;
@@ -461,10 +459,8 @@ void workload_reqrep(const Options& o) {
     }
     natsConnection_Destroy(nc);
   } else {
-    std::string host;
-    int port = 0;
-    parse_hostport(o.target, host, port);
-    BgConn c(host, port, o.token);
+    auto conn = bg_connect(o.target, o.token);
+    BgConn& c = *conn;
     std::string out;
     uint32_t id = 0;
     proto::Frame f;
@@ -529,10 +525,8 @@ void workload_openloop(const Options& o) {
     natsSubscription_Destroy(inbox);
     natsConnection_Destroy(nc);
   } else {
-    std::string host;
-    int port = 0;
-    parse_hostport(o.target, host, port);
-    BgConn c(host, port, o.token);
+    auto conn = bg_connect(o.target, o.token);
+    BgConn& c = *conn;
     std::thread rx([&] {
       proto::Frame f;
       while (done.load() < total && c.next(f)) {
