@@ -40,7 +40,31 @@ def parse_hostport(url: str, default_port: int) -> tuple[str, int]:
     return (u.hostname or "127.0.0.1"), (u.port or default_port)
 
 
-class TcpTransport:
+class _SocketReader:
+    """Reads the raw socket into self.buf, shared by both transports."""
+    eof_message = "closed by the gateway"  # what an orderly TCP close means for this transport
+
+    def _fill(self, deadline: float):
+        if self.eof:
+            raise Closed("closed by the gateway")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(262144)
+        except socket.timeout as e:
+            raise TimeoutError from e
+        except (ConnectionResetError, ConnectionAbortedError) as e:
+            self.eof = True
+            raise Closed("connection reset by the gateway") from e
+        if not chunk:
+            self.eof = True
+            raise Closed(self.eof_message)
+        self.buf += chunk
+
+
+class TcpTransport(_SocketReader):
     kind = "tcp"
 
     def __init__(self, host: str, port: int, timeout: float = 5.0, rcvbuf: int | None = None):
@@ -59,24 +83,6 @@ class TcpTransport:
         except (BrokenPipeError, ConnectionResetError) as e:
             raise Closed("reset while sending") from e
 
-    def _fill(self, deadline: float):
-        if self.eof:
-            raise Closed("closed by the gateway")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        self.sock.settimeout(remaining)
-        try:
-            chunk = self.sock.recv(262144)
-        except socket.timeout as e:
-            raise TimeoutError from e
-        except (ConnectionResetError, ConnectionAbortedError) as e:
-            self.eof = True
-            raise Closed("connection reset by the gateway") from e
-        if not chunk:
-            self.eof = True
-            raise Closed("closed by the gateway")
-        self.buf += chunk
 
     def recv_message(self, timeout: float, max_frame: int) -> bytes:
         """One frame body. Raises TimeoutError, Closed, or ValueError (length above the maximum)."""
@@ -111,8 +117,10 @@ class TcpTransport:
             pass
 
 
-class WsTransport:
+class WsTransport(_SocketReader):
     """A WebSocket client connection. `messages` are (opcode, payload) after reassembly."""
+
+    eof_message = "TCP closed without a WebSocket Close frame"
 
     def __init__(self, url: str, subprotocols: list[str] | None, timeout: float = 5.0, extra_headers=None):
         u = urlparse(url)
@@ -165,24 +173,6 @@ class WsTransport:
         self.close_sent = False
 
     # -- raw socket
-    def _fill(self, deadline: float):
-        if self.eof:
-            raise Closed("closed by the gateway")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        self.sock.settimeout(remaining)
-        try:
-            chunk = self.sock.recv(262144)
-        except socket.timeout as e:
-            raise TimeoutError from e
-        except (ConnectionResetError, ConnectionAbortedError) as e:
-            self.eof = True
-            raise Closed("connection reset by the gateway") from e
-        if not chunk:
-            self.eof = True
-            raise Closed("TCP closed without a WebSocket Close frame")
-        self.buf += chunk
 
     def _need(self, n: int, deadline: float):
         while len(self.buf) < n:
