@@ -1,4 +1,5 @@
 #include "config.hpp"
+#include "nats_auth.hpp"
 
 #include <openssl/evp.h>
 #include <unistd.h>
@@ -278,7 +279,10 @@ GatewayConfig parse_config(const std::string& text) {
       if (b["user"]) c.bus.user = get_str(b["user"], "bus.user");
       if (b["password"]) c.bus.password = get_str(b["password"], "bus.password");
       if (b["token"]) c.bus.token = get_str(b["token"], "bus.token");
-      if (b["creds_file"]) c.bus.creds_file = get_str(b["creds_file"], "bus.creds_file");
+      if (b["creds_file"]) {
+        c.bus.creds_file = get_str(b["creds_file"], "bus.creds_file");
+        load_nats_creds(c.bus.creds_file);  // a missing or malformed file is a configuration error
+      }
       if (b["name"]) c.bus.name = get_str(b["name"], "bus.name");
       if (const auto t = b["tls"]) {
         only_keys(t, "bus.tls", {"ca", "cert", "key"});

@@ -13,6 +13,7 @@
 namespace busgate::gw {
 
 using proto::Code;
+using namespace std::literals;
 
 namespace {
 
@@ -34,16 +35,18 @@ void to_nats_headers(std::string_view packed, std::string& out) {
   proto::mp::Reader rd(packed);
   uint32_t n = 0;
   if (!rd.read_map(n) || n == 0) return;
-  out.append("NATS/1.0\r\n");
+  out.append("NATS/1.0\r\n"sv);
   for (uint32_t i = 0; i < n; ++i) {
     std::string_view k, v;
     if (!rd.read_str(k) || !rd.read_str(v)) break;
     // Client headers are grammar-checked on entry; anything that would break the framing is dropped.
-    if (k.empty() || k.find_first_of(":\r\n ") != std::string_view::npos || v.find_first_of("\r\n") != std::string_view::npos)
-      continue;
-    out.append(k).append(": ").append(v).append("\r\n");
+    bool ok = !k.empty();
+    for (char c : k) ok = ok && c != ':' && c != ' ' && c != '\r' && c != '\n';
+    for (char c : v) ok = ok && c != '\r' && c != '\n';
+    if (!ok) continue;
+    out.append(k).append(": "sv).append(v).append("\r\n"sv);
   }
-  out.append("\r\n");
+  out.append("\r\n"sv);
 }
 
 std::string_view trim(std::string_view s) {

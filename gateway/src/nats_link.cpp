@@ -33,11 +33,14 @@ namespace ssl = asio::ssl;
 using asio::ip::tcp;
 using boost::system::error_code;
 using proto::Code;
+using namespace std::literals;
 
 namespace {
 
 // Publishers wait (up to kQueueWait) while this much is queued for the socket.
-constexpr size_t kMaxQueued = 64u << 20;
+constexpr size_t kMaxQueued = 8u << 20;
+constexpr size_t kKeepBuffer = 1u << 20;
+constexpr int kMaxRefusedWaitMs = 5000;
 constexpr auto kQueueWait = std::chrono::seconds(2);
 constexpr size_t kReadChunk = 256u << 10;
 constexpr size_t kMaxControlLine = 64u << 10;
@@ -118,7 +121,7 @@ void append_num(std::string& out, size_t v) {
 
 void encode_pub(std::string& out, std::string_view subject, std::string_view reply, std::string_view headers,
                 std::string_view payload) {
-  out.append(headers.empty() ? "PUB " : "HPUB ");
+  out.append(headers.empty() ? "PUB "sv : "HPUB "sv);
   out.append(subject);
   out.push_back(' ');
   if (!reply.empty()) {
@@ -130,10 +133,10 @@ void encode_pub(std::string& out, std::string_view subject, std::string_view rep
     out.push_back(' ');
   }
   append_num(out, headers.size() + payload.size());
-  out.append("\r\n");
+  out.append("\r\n"sv);
   out.append(headers);
   out.append(payload);
-  out.append("\r\n");
+  out.append("\r\n"sv);
 }
 
 bool is_ip(const std::string& host) {
@@ -175,6 +178,9 @@ struct NatsLink::Impl {
   bool ever_connected = false;
   bool stopping = false;
   std::string last_failure;
+  std::string phase;  // what the connect timer reports when it fires
+  bool refused = false;  // the current attempt ended with -ERR during the handshake
+  int refusals = 0;      // consecutive attempts that did
 
   // ---- shared, under mu ----
   std::mutex mu;
@@ -242,8 +248,9 @@ struct NatsLink::Impl {
     old_sock = std::move(sock);
     sock = std::make_unique<tcp::socket>(io);
     connect_timer.expires_after(std::chrono::milliseconds(opt.connect_timeout_ms));
+    phase = "no connection";
     connect_timer.async_wait([this, g](error_code ec) {
-      if (!ec) fail(g, "no connection within " + std::to_string(opt.connect_timeout_ms) + " ms");
+      if (!ec) fail(g, phase + " within " + std::to_string(opt.connect_timeout_ms) + " ms");
     });
     resolver.async_resolve(current.host, current.port, [this, g](error_code ec, tcp::resolver::results_type r) {
       if (g != gen) return;
@@ -252,6 +259,7 @@ struct NatsLink::Impl {
         if (g != gen) return;
         if (ec2) return fail(g, ec2.message());
         sock->set_option(tcp::no_delay(true), ec2);
+        phase = "connected, but no INFO from the server (not a NATS server?)";
         asio::async_read_until(*sock, asio::dynamic_buffer(hs), "\r\n", [this, g](error_code ec3, size_t n) {
           if (g != gen) return;
           if (ec3) return fail(g, "no INFO from the server: " + ec3.message());
@@ -297,6 +305,7 @@ struct NatsLink::Impl {
       return fail(g, std::string("malformed INFO: ") + e.what());
     }
     const bool use_tls = current.tls || server_tls || !opt.tls_ca.empty() || !opt.tls_cert.empty();
+    phase = use_tls ? "no TLS handshake" : "no answer to CONNECT";
     if (!use_tls) return send_connect(g, false);
     if (!tls_ctx) {
       try {
@@ -311,6 +320,7 @@ struct NatsLink::Impl {
     tls->async_handshake(ssl::stream_base::client, [this, g](error_code ec) {
       if (g != gen) return;
       if (ec) return fail(g, "TLS handshake: " + ec.message());
+      phase = "no answer to CONNECT";
       send_connect(g, true);
     });
   }
@@ -357,7 +367,11 @@ struct NatsLink::Impl {
         const std::string line = hs.substr(0, n - 2);
         hs.erase(0, n);
         if (line == "PONG") return on_ready(g);
-        if (line.starts_with("-ERR")) return fail(g, "the server refused the connection: " + line.substr(4));
+        if (line.starts_with("-ERR")) {
+          refused = true;
+          const auto b = line.find_first_not_of(' ', 4);
+          return fail(g, "the server refused the connection: " + (b == std::string::npos ? line : line.substr(b)));
+        }
         if (line.starts_with("INFO ")) {
           try {
             apply_info(nlohmann::json::parse(line.substr(5)));
@@ -372,6 +386,7 @@ struct NatsLink::Impl {
   void on_ready(uint64_t g) {
     connect_timer.cancel();
     pings_out = 0;
+    refusals = 0;
     last_failure.clear();
     // Bytes read past the handshake belong to the message stream.
     if (hs.size() > rbuf.size()) rbuf.resize(hs.size() + kReadChunk);
@@ -433,7 +448,7 @@ struct NatsLink::Impl {
       }
       if (!first_attempt_done) {
         first_attempt_done = true;
-        spdlog::warn("nats: {} not reachable yet ({}); retrying in the background (not ready until connected)",
+        spdlog::warn("nats: cannot connect to {}: {}; retrying in the background (not ready until connected)",
                      current.text, why);
         last_failure = why;
       }
@@ -450,7 +465,13 @@ struct NatsLink::Impl {
       spdlog::warn("nats: cannot connect to {}: {}", current.text, why);
       last_failure = why;
     }
-    retry_timer.expires_after(std::chrono::milliseconds(std::max(opt.reconnect_wait_ms, 1)));
+    // A server that refuses the credentials is retried less and less often (up to every 5 s); an
+    // unreachable one every reconnect_wait_ms, so that the link is back soon after the server.
+    refusals = refused ? refusals + 1 : 0;
+    refused = false;
+    int wait_ms = std::max(opt.reconnect_wait_ms, 1);
+    for (int i = 1; i < refusals && wait_ms < kMaxRefusedWaitMs; ++i) wait_ms *= 2;
+    retry_timer.expires_after(std::chrono::milliseconds(std::min(wait_ms, std::max(kMaxRefusedWaitMs, opt.reconnect_wait_ms))));
     retry_timer.async_wait([this](error_code e) {
       if (!e) connect_next();
     });
@@ -609,7 +630,11 @@ struct NatsLink::Impl {
           std::lock_guard l(mu);
           writing = false;
           wbuf.clear();
-          if (wbuf.capacity() > (8u << 20)) std::string().swap(wbuf);
+          // Buffers keep their size during a burst and give it back once the link is idle.
+          if (out.empty() && wbuf.capacity() > kKeepBuffer) {
+            std::string().swap(wbuf);
+            std::string().swap(out);
+          }
           cv.notify_all();
         }
         start_write();

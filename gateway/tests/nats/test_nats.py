@@ -319,3 +319,14 @@ def test_tls_to_nats(nats, start_gateway, clients, tmp_path):
     a.pub("tls.ok", b"secure")
     assert a.expect(MSG)[3] == b"secure"
     assert g.http_get("/readyz")[0] == 200
+
+
+def test_bus_address_that_is_not_nats(nats, start_gateway, clients):
+    ns = nats()
+    # the server's HTTP monitoring port answers, but not with the NATS protocol
+    g = start_gateway(gateway_config([f"nats://127.0.0.1:{ns.mon}"], "gw-wrong"))
+    g.wait_log("no INFO from the server")
+    assert g.http_get("/readyz") == (503, "bus unavailable\n")
+    c = clients(g.client())  # clients are still served
+    c.send(REQ, 1, "x", b"?")
+    assert c.expect(RES)[1:3] == [1, E["BUS_UNAVAILABLE"]]
