@@ -87,6 +87,11 @@ class Bus {
   // The largest message (payload and headers) the bus carries; 0 when the bus has no limit.
   virtual size_t max_message() const { return 0; }
   virtual const char* kind() const = 0;
+  // Flow control: true while the bus holds more than it wants for the network. Publishers should
+  // stop reading their clients then, until the function given to when_drained() runs (any thread;
+  // at once when not congested).
+  virtual bool congested() const { return false; }
+  virtual void when_drained(std::function<void()> fn) { fn(); }
   virtual BusStats stats() const = 0;
 };
 

@@ -149,6 +149,8 @@ NatsBus::NatsBus(const GatewayConfig& cfg) : inbox_prefix_("_INBOX." + cfg.node_
 NatsBus::~NatsBus() { link_.reset(); }
 
 bool NatsBus::healthy() const { return link_->connected(); }
+bool NatsBus::congested() const { return link_->congested(); }
+void NatsBus::when_drained(std::function<void()> fn) { link_->when_drained(std::move(fn)); }
 
 size_t NatsBus::max_message() const {
   const int64_t m = link_->max_payload();

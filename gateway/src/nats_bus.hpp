@@ -32,6 +32,8 @@ class NatsBus final : public Bus {
   size_t max_message() const override;
   const char* kind() const override { return "nats"; }
   BusStats stats() const override;
+  bool congested() const override;
+  void when_drained(std::function<void()> fn) override;
 
  private:
   struct Interest;  // one NATS subscription and its local subscribers

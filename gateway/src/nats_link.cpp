@@ -37,11 +37,12 @@ using namespace std::literals;
 
 namespace {
 
-// Publishers wait (up to kQueueWait) while this much is queued for the socket.
+// Above this much queued for the socket the link is congested (publishers pause their clients);
+// above kHardQueued it refuses publishes.
 constexpr size_t kMaxQueued = 8u << 20;
+constexpr size_t kHardQueued = 64u << 20;
 constexpr size_t kKeepBuffer = 1u << 20;
 constexpr int kMaxRefusedWaitMs = 5000;
-constexpr auto kQueueWait = std::chrono::seconds(2);
 constexpr size_t kReadChunk = 256u << 10;
 constexpr size_t kMaxControlLine = 64u << 10;
 
@@ -195,6 +196,8 @@ struct NatsLink::Impl {
   std::deque<DoneFn> pongs;
   std::map<uint64_t, std::pair<std::string, std::string>> subs;  // sid → subject, queue
 
+  std::vector<std::function<void()>> drain_waiters;
+  std::atomic<bool> congested{false};
   std::atomic<bool> up_flag{false};
   std::atomic<int64_t> max_payload{0};
   std::atomic<uint64_t> reconnects{0};
@@ -440,6 +443,9 @@ struct NatsLink::Impl {
       // partly written one cannot.
       out.erase(0, out_partial);
       out_partial = 0;
+      congested.store(false);
+      for (auto& f : drain_waiters) failed.push_back([f = std::move(f)](bool) { f(); });
+      drain_waiters.clear();
       // PINGs still queued keep their callbacks (their PONGs come on the next connection).
       const size_t keep = std::min(unsent_pings, pongs.size());
       while (pongs.size() > keep) {
@@ -626,10 +632,15 @@ struct NatsLink::Impl {
       asio::async_write(s, asio::buffer(wbuf), [this, g](error_code ec, size_t) {
         if (g != gen) return;
         if (ec) return fail(g, "write: " + ec.message());
+        std::vector<std::function<void()>> released;
         {
           std::lock_guard l(mu);
           writing = false;
           wbuf.clear();
+          if (congested.load(std::memory_order_relaxed) && out.size() <= kMaxQueued / 2) {
+            congested.store(false, std::memory_order_relaxed);
+            released.swap(drain_waiters);
+          }
           // Buffers keep their size during a burst and give it back once the link is idle.
           if (out.empty() && wbuf.capacity() > kKeepBuffer) {
             std::string().swap(wbuf);
@@ -637,6 +648,7 @@ struct NatsLink::Impl {
           }
           cv.notify_all();
         }
+        for (auto& f : released) f();
         start_write();
       });
     });
@@ -662,11 +674,7 @@ struct NatsLink::Impl {
     const int64_t mp = max_payload.load(std::memory_order_relaxed);
     if (mp > 0 && headers.size() + payload.size() > static_cast<size_t>(mp)) return Code::payload_too_large;
     std::unique_lock lk(mu);
-    if (!up) return Code::bus_unavailable;
-    if (out.size() > kMaxQueued && std::this_thread::get_id() != thread_id) {
-      cv.wait_for(lk, kQueueWait, [&] { return !up || out.size() <= kMaxQueued; });
-      if (!up || out.size() > kMaxQueued) return Code::bus_unavailable;
-    }
+    if (!up || out.size() > kHardQueued) return Code::bus_unavailable;
     if (now && fd >= 0 && !writing && !posted && out.empty()) {
       thread_local std::string scratch;
       scratch.clear();
@@ -674,6 +682,7 @@ struct NatsLink::Impl {
       if (try_direct_locked(scratch)) return Code::ok;
     }
     encode_pub(out, subject, reply, headers, payload);
+    if (out.size() > kMaxQueued) congested.store(true, std::memory_order_relaxed);
     kick_locked();
     return Code::ok;
   }
@@ -781,5 +790,16 @@ void NatsLink::subscribe(uint64_t sid, std::string_view subject, std::string_vie
 }
 void NatsLink::unsubscribe(uint64_t sid) { impl_->unsubscribe(sid); }
 void NatsLink::ping(DoneFn done) { impl_->queue_ping(std::move(done)); }
+bool NatsLink::congested() const { return impl_->congested.load(std::memory_order_relaxed); }
+void NatsLink::when_drained(std::function<void()> fn) {
+  {
+    std::lock_guard lk(impl_->mu);
+    if (impl_->congested.load() && impl_->up) {
+      impl_->drain_waiters.push_back(std::move(fn));
+      return;
+    }
+  }
+  fn();
+}
 
 }  // namespace busgate::gw

@@ -74,6 +74,11 @@ class NatsLink {
   // has been processed by the server. `done(false)` when the connection is lost first, or at once
   // when it is down. Never call a blocking wait for it from the link thread.
   void ping(DoneFn done);
+  // Flow control: true while more than the link's queue bound waits for the socket; `fn` runs (on
+  // the link thread, or at once when not congested) when the queue is down to half of it, or the
+  // connection is lost.
+  bool congested() const;
+  void when_drained(std::function<void()> fn);
 
  private:
   struct Impl;

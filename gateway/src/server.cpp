@@ -94,6 +94,11 @@ void Server::start_tcp() {
   }
 }
 
+namespace {
+thread_local const void* t_current_context = nullptr;
+}
+const void* current_io_context() { return t_current_context; }
+
 int Server::run() {
   try {
     start_tcp();
@@ -128,11 +133,13 @@ int Server::run() {
 
   for (size_t i = 1; i < contexts_.size(); ++i) {
     threads_.emplace_back([ctx = contexts_[i].get()] {
+      t_current_context = static_cast<asio::execution_context*>(ctx);
       auto guard = asio::make_work_guard(*ctx);
       ctx->run();
     });
   }
   impl_->work0.emplace(contexts_[0]->get_executor());
+  t_current_context = static_cast<asio::execution_context*>(contexts_[0].get());
   contexts_[0]->run();
   for (auto& c : contexts_) c->stop();
   for (auto& t : threads_) t.join();

@@ -23,6 +23,9 @@ namespace busgate::gw {
 class Session;
 class HttpServer;
 
+// The io_context (as its execution_context) that the calling thread runs; nullptr on other threads.
+const void* current_io_context();
+
 class Server {
  public:
   Server(GatewayConfig cfg, std::string config_path);

@@ -23,6 +23,11 @@ constexpr std::string_view kInbox = "_INBOX.";
 // After a fatal ERR is queued, the peer has this long to read what is queued before it; then the
 // connection is closed without waiting (a stalled peer must not hold the session forever).
 constexpr auto kFatalWriteGrace = std::chrono::seconds(5);
+// The longest a delivery waits for a consumer past half its outbound bound (producer flow control).
+constexpr auto kProducerStall = std::chrono::milliseconds(10);
+// ... and gives up on a consumer (until its queue empties) after this many waits without progress.
+constexpr uint32_t kIdleStallsToGiveUp = 5;
+constexpr size_t kWriteSlice = 256 * 1024;
 
 std::string random_id() {
   static constexpr char kAlphabet[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -461,7 +466,7 @@ void Session::deliver(SubState& sub, const BusMessagePtr& m) {
     if (last) sub.live.store(false);
   }
   {
-    std::lock_guard lk(out_mu_);
+    std::unique_lock lk(out_mu_);
     if (state_.load() == State::closed || closing_) return;
     const std::string reply = map_reply_locked(std::string(m->reply_to), sub.own_prefix);
     const size_t before = out_buf_.size();
@@ -483,6 +488,7 @@ void Session::deliver(SubState& sub, const BusMessagePtr& m) {
       tenant_->msgs_out.fetch_add(1, std::memory_order_relaxed);
       tenant_->bytes_out.fetch_add(m->payload.size(), std::memory_order_relaxed);
       schedule_flush_locked();
+      stall_producer_locked(lk);
     }
   }
   if (last) {
@@ -491,8 +497,30 @@ void Session::deliver(SubState& sub, const BusMessagePtr& m) {
   }
 }
 
+void Session::stall_producer_locked(std::unique_lock<std::mutex>& lk) {
+  const size_t high = max_pending_ / 2;
+  auto pending = [this] { return out_buf_.size() + write_buf_.size() - write_off_; };
+  if (stall_spent_ || pending() <= high) return;
+  // Never on this session's own thread: its writes complete there.
+  const void* own = &boost::asio::query(ex_, boost::asio::execution::context);
+  if (own == current_io_context()) return;
+  const uint64_t writes_before = writes_done_;
+  ++stall_waiters_;
+  const bool drained = drained_cv_.wait_for(lk, kProducerStall, [&] {
+    return closing_ || slow_ || state_.load() == State::closed || pending() <= high;
+  });
+  --stall_waiters_;
+  if (drained || writes_done_ != writes_before) {
+    idle_stalls_ = 0;
+  } else if (++idle_stalls_ >= kIdleStallsToGiveUp) {
+    stall_spent_ = true;
+    spdlog::debug("session={} made no write progress in {} ms; not waited for again until its queue empties",
+                  session_id_, kProducerStall.count() * kIdleStallsToGiveUp);
+  }
+}
+
 bool Session::admit_locked(size_t extra) {
-  const size_t pending = out_buf_.size() + (writing_ ? write_buf_.size() : 0) + extra;
+  const size_t pending = out_buf_.size() + write_buf_.size() - write_off_ + extra;
   if (pending > max_pending_) {
     if (!slow_) {
       slow_ = true;
@@ -535,6 +563,19 @@ void Session::send_res(uint32_t req_id, Code status, std::string_view message) {
   proto::encode_res_framed(out_buf_, req_id, static_cast<uint64_t>(status), message, {});
 }
 
+bool Session::on_batch_end() {
+  flush();
+  Bus& bus = server_.bus();
+  if (!bus.congested()) return true;
+  // Publisher flow control: stop reading this client until the bus has written its backlog.
+  bus.when_drained([weak = weak_from_this(), ex = ex_] {
+    asio::post(ex, [weak] {
+      if (auto self = weak.lock(); self && self->transport_) self->transport_->resume_read();
+    });
+  });
+  return false;
+}
+
 void Session::schedule_flush_locked() {
   if (flush_posted_ || writing_) return;
   flush_posted_ = true;
@@ -545,31 +586,47 @@ void Session::flush() {
   std::unique_lock lk(out_mu_);
   flush_posted_ = false;
   if (writing_ || !transport_) return;
-  if (out_buf_.empty()) {
-    if (closing_) {
-      lk.unlock();
-      close_transport();
+  if (write_off_ >= write_buf_.size()) {  // the batch in write_buf_ is written: take the next one
+    write_buf_.clear();
+    write_off_ = 0;
+    if (out_buf_.empty()) {
+      if (closing_) {
+        lk.unlock();
+        close_transport();
+      }
+      return;
     }
-    return;
+    std::swap(out_buf_, write_buf_);
+    out_buf_.clear();
   }
-  std::swap(out_buf_, write_buf_);
-  out_buf_.clear();
+  // Byte streams are written in slices, so that a slow reader shows progress often (flow control
+  // waits on it) and one write never holds more than a slice of socket time.
+  size_t len = write_buf_.size() - write_off_;
+  if (transport_->byte_stream()) len = std::min(len, kWriteSlice);
+  const std::string_view slice(write_buf_.data() + write_off_, len);
+  write_len_ = len;
   writing_ = true;
   lk.unlock();
-  transport_->write(write_buf_, [self = shared_from_this()](bool ok) { self->on_write(ok); });
+  transport_->write(slice, [self = shared_from_this()](bool ok) { self->on_write(ok); });
 }
 
 void Session::on_write(bool ok) {
   {
     std::lock_guard lk(out_mu_);
     writing_ = false;
-    write_buf_.clear();
-    // Give memory back once a burst is over (both buffers empty), not between writes of a burst.
-    if (out_buf_.empty() && write_buf_.capacity() > 4 * 1024 * 1024) {
-      write_buf_.shrink_to_fit();
-      out_buf_.shrink_to_fit();
+    write_off_ += write_len_;
+    if (write_off_ >= write_buf_.size()) {
+      write_buf_.clear();
+      write_off_ = 0;
+      // Give memory back once a burst is over (both buffers empty), not between writes of a burst.
+      if (out_buf_.empty() && write_buf_.capacity() > 4 * 1024 * 1024) {
+        write_buf_.shrink_to_fit();
+        out_buf_.shrink_to_fit();
+      }
+      if (out_buf_.empty()) warned_ = stall_spent_ = false;  // only after the queue has emptied
     }
-    if (out_buf_.empty()) warned_ = false;  // warn again only after the queue has emptied
+    ++writes_done_;
+    if (stall_waiters_ > 0) drained_cv_.notify_all();
   }
   if (!ok) return close_transport();
   flush();
@@ -743,7 +800,7 @@ Session::Info Session::info() const {
   i.bytes_in = bytes_in_.load();
   i.bytes_out = bytes_out_.load();
   std::lock_guard lk(out_mu_);
-  i.pending_bytes = out_buf_.size() + write_buf_.size();
+  i.pending_bytes = out_buf_.size() + write_buf_.size() - write_off_;
   return i;
 }
 

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <deque>
 #include <memory>
+#include <condition_variable>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -30,7 +31,9 @@ class Session : public std::enable_shared_from_this<Session> {
   // Transport → Session (on the connection's executor).
   void attach(Transport* t);
   void on_frame(std::string_view body);
-  void on_batch_end() { flush(); }
+  // The end of a read batch: flushes replies. False when the bus is congested: the transport stops
+  // reading this client until the bus drains (then resume_read()).
+  bool on_batch_end();
   // A fatal protocol error found by the transport (oversized length, not busgate, bad WS message).
   void fail(proto::Code code, std::string message);
   // The transport is gone (peer closed, I/O error, or after close()).
@@ -88,6 +91,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // Checks the outbound bound for `extra` more bytes; false (and the slow-consumer policy applied)
   // when the frame must be dropped. Caller holds out_mu_.
   bool admit_locked(size_t extra);
+  void stall_producer_locked(std::unique_lock<std::mutex>& lk);
   void schedule_flush_locked();
   void flush();
   void on_write(bool ok);
@@ -139,13 +143,24 @@ class Session : public std::enable_shared_from_this<Session> {
 
   mutable std::mutex out_mu_;
   std::string out_buf_;      // frames waiting to be written
-  std::string write_buf_;    // frames being written
+  std::string write_buf_;    // frames being written, from write_off_ on
+  size_t write_off_ = 0;
+  size_t write_len_ = 0;     // the slice being written
   bool writing_ = false;
   bool flush_posted_ = false;
   bool closing_ = false;     // a fatal ERR is queued: write it, then close
   bool slow_ = false;
   bool warned_ = false;
   size_t max_pending_;
+  // Producer flow control: a delivery that finds the queue past half of max_pending_ waits (briefly)
+  // for this session's writes to bring it back, so that a consumer that reads, only slower than a
+  // burst arrives, slows the burst down instead of being cut off. A consumer that makes no progress
+  // during one wait is not waited for again until its queue has emptied.
+  std::condition_variable drained_cv_;
+  uint32_t stall_waiters_ = 0;
+  uint64_t writes_done_ = 0;
+  uint32_t idle_stalls_ = 0;  // consecutive waits that saw no write complete
+  bool stall_spent_ = false;
   std::unordered_map<std::string, std::string> grants_;  // visible reply subject → bus subject
   std::deque<std::string> grant_order_;
   uint64_t grant_seq_ = 0;

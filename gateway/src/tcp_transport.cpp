@@ -70,8 +70,8 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
     }
   }
 
-  void write(const std::string& frames, std::function<void(bool)> done) override {
-    asio::async_write(stream_, asio::buffer(frames),
+  void write(std::string_view frames, std::function<void(bool)> done) override {
+    asio::async_write(stream_, asio::buffer(frames.data(), frames.size()),
                       [self = this->shared_from_this(), done = std::move(done)](const boost::system::error_code& ec,
                                                                                   size_t) { done(!ec); });
   }
@@ -80,6 +80,7 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
     if (closing_ && linger_started_) return;
     closing_ = true;
     linger();
+    resume_read();  // the read loop drains and finishes the connection
   }
 
   void abort() override {
@@ -87,6 +88,13 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
     if (close_reason_.empty()) close_reason_ = "closed by gateway (peer not reading)";
     boost::system::error_code ec;
     lowest().close(ec);  // pending reads and writes fail; finish() runs from the read handler
+    resume_read();
+  }
+
+  void resume_read() override {
+    if (!paused_) return;
+    const auto self = std::move(paused_);
+    do_read();
   }
 
   void set_max_frame(size_t max_frame) override { parser_.set_max_frame(max_frame); }
@@ -150,7 +158,10 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
       }
       session_->on_frame(body);
     }
-    session_->on_batch_end();
+    if (!session_->on_batch_end() && !closing_) {
+      paused_ = this->shared_from_this();  // no read outstanding: this keeps the connection alive
+      return;
+    }
     do_read();
   }
 
@@ -198,6 +209,7 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
   size_t read_chunk_ = kMinReadChunk;
   bool sniffed_ = false;
   bool closing_ = false;
+  std::shared_ptr<StreamTransport> paused_;  // set while reading waits for resume_read()
   bool linger_started_ = false;
   bool finished_ = false;
   std::string close_reason_;

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <functional>
 #include <string>
+#include <string_view>
 
 #include "busgate/protocol/errors.hpp"
 
@@ -14,9 +15,11 @@ namespace busgate::gw {
 class Transport {
  public:
   virtual ~Transport() = default;
-  // `frames` is one or more length-prefixed frames; it stays valid until `done` runs. One write at a
-  // time. Called on the connection's executor.
-  virtual void write(const std::string& frames, std::function<void(bool ok)> done) = 0;
+  // `frames` is one or more length-prefixed frames (for a byte stream, any slice of them); it stays
+  // valid until `done` runs. One write at a time. Called on the connection's executor.
+  virtual void write(std::string_view frames, std::function<void(bool ok)> done) = 0;
+  // Whether writes may cut frames anywhere (TCP, TLS); false when every write must hold whole frames.
+  virtual bool byte_stream() const { return true; }
   // Closes after the writes already started (lingering briefly so the peer reads the last frame).
   // `reason` is the fatal error that ends the connection (ok: a normal close); WebSocket maps it to
   // a close code.
@@ -24,6 +27,9 @@ class Transport {
   // Closes now, dropping whatever is not written yet (a peer that stopped reading).
   virtual void abort() = 0;
   virtual void set_max_frame(size_t max_frame) = 0;
+  // Reading pauses when Session::on_batch_end returns false (the bus asked publishers to wait);
+  // this starts it again. Called on the connection's executor.
+  virtual void resume_read() = 0;
   virtual const char* kind() const = 0;  // "tcp", "tls", "ws", "ws-json"
   virtual const std::string& remote() const = 0;
 };

@@ -82,7 +82,8 @@ class WsTransport final : public Transport, public std::enable_shared_from_this<
     });
   }
 
-  void write(const std::string& frames, std::function<void(bool)> done) override {
+  bool byte_stream() const override { return false; }
+  void write(std::string_view frames, std::function<void(bool)> done) override {
     // Split the batch of length-prefixed frames into one message each.
     pending_.clear();
     size_t pos = 0;
@@ -111,12 +112,20 @@ class WsTransport final : public Transport, public std::enable_shared_from_this<
     ws_.async_close(cr, [self = this->shared_from_this()](beast::error_code) {
       // the read loop sees the peer's Close (or an error) and finishes
     });
+    resume_read();
   }
 
   void abort() override {
     closing_ = true;
     beast::error_code ec;
     socket().close(ec);
+    resume_read();
+  }
+
+  void resume_read() override {
+    if (!paused_) return;
+    const auto self = std::move(paused_);
+    do_read();
   }
 
   void set_max_frame(size_t max_frame) override { max_frame_ = max_frame; }
@@ -161,8 +170,12 @@ class WsTransport final : public Transport, public std::enable_shared_from_this<
       session_->on_frame(msg);
     }
     buf_.consume(buf_.size());
-    session_->on_batch_end();
+    const bool go_on = session_->on_batch_end();
     if (session_->state() == Session::State::closed) return;
+    if (!go_on && !closing_) {
+      paused_ = this->shared_from_this();  // no read outstanding: this keeps the connection alive
+      return;
+    }
     do_read();
   }
 
@@ -210,6 +223,7 @@ class WsTransport final : public Transport, public std::enable_shared_from_this<
   size_t max_frame_ = proto::kPreHandshakeMaxFrame;
   std::string remote_;
   bool closing_ = false;
+  std::shared_ptr<WsTransport> paused_;  // set while reading waits for resume_read()
   bool finished_ = false;
 };
 

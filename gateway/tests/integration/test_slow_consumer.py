@@ -60,3 +60,4 @@ def test_stalled_consumer_is_cut_off_and_fast_one_keeps_up(start_gateway, client
     stalled.close()
     assert time.monotonic() - t0 < 30
     g.wait_log(r"connection closed .*reason=\"SLOW_CONSUMER")
+

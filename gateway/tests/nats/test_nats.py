@@ -6,7 +6,7 @@ import time
 import nats as natspy
 
 from natsfix import free_port, gateway_config
-from rawgw import ERR, MSG, PUB, REQ, RES, E
+from rawgw import ERR, MSG, PUB, REQ, RES, E, frame
 
 
 def test_pubsub_and_requests_over_nats(nats, start_gateway, clients):
@@ -330,3 +330,38 @@ def test_bus_address_that_is_not_nats(nats, start_gateway, clients):
     c = clients(g.client())  # clients are still served
     c.send(REQ, 1, "x", b"?")
     assert c.expect(RES)[1:3] == [1, E["BUS_UNAVAILABLE"]]
+
+
+def test_burst_is_paced_to_a_consumer_that_reads(nats, start_gateway, clients):
+    """Producer flow control: a burst twenty times max_pending_bytes, published without pause, reaches a
+    consumer that keeps reading (only slower than the burst) whole, instead of cutting it off."""
+    ns = nats()
+    cfg = gateway_config([ns.url], "gw-fc").replace("timeouts:", "limits: {max_pending_bytes: 1048576}\ntimeouts:")
+    g = start_gateway(cfg)
+    reader = clients(g.client())
+    reader.sub(1, "burst")
+    pub = clients(g.client())
+    n = 600
+    payload = b"y" * 32768  # ~20 MB
+    got, errors = [], []
+
+    def read():
+        try:
+            while len(got) < n:
+                f = reader.recv(timeout=10)
+                if f[0] == MSG:
+                    got.append(len(f[3]))
+                    if len(got) % 4 == 0:
+                        time.sleep(0.002)  # slower than the publisher: ~60 MB/s at most
+                elif f[0] == ERR:
+                    errors.append(f[1])
+        except Exception as e:  # noqa: BLE001 (Closed or a timeout: reported below)
+            errors.append(repr(e))
+
+    t = threading.Thread(target=read)
+    t.start()
+    pub.send_raw(b"".join(frame(PUB, "burst", payload) for _ in range(n)))  # at once, no pacing
+    pub.flush(timeout=30)
+    t.join(60)
+    assert E["SLOW_CONSUMER"] not in errors, errors
+    assert len(got) == n and set(got) == {len(payload)}, (len(got), errors)
