@@ -210,6 +210,11 @@ def main():
         "KIB_PER_CONN_nats": idle["nats-server"]["kib_per_conn"],
         "I": min(iso["mem"]["isolation"], iso["relay"]["isolation"]),
     }
+    # A delivery run that lost messages measured something else (a subscriber cut off): say so.
+    lossy = [r for r in results if r.get("lost")]
+    for r in lossy:
+        print(f"WARNING: {r['side']} {r['workload']} {r.get('size', '')}B lost {r['lost']} messages")
+    headline["LOSSY_RUNS"] = len(lossy)
     print()
     for k, v in headline.items():
         print(f"{k}={v:.2f}")

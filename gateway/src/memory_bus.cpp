@@ -1,6 +1,7 @@
 #include "memory_bus.hpp"
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 
 #include "busgate/protocol/subject.hpp"
@@ -113,6 +114,7 @@ uint64_t MemoryBus::subscribe(const std::string& subject, const std::string& que
   std::unique_lock lk(mu_);
   trie_.insert(e);
   by_id_.emplace(id, std::move(e));
+  gen_.fetch_add(1, std::memory_order_release);
   return id;
 }
 
@@ -122,21 +124,60 @@ void MemoryBus::unsubscribe(uint64_t id) {
   if (it == by_id_.end()) return;
   trie_.remove(it->second);
   by_id_.erase(it);
+  gen_.fetch_add(1, std::memory_order_release);
 }
 
+namespace {
+
+// Each thread remembers the matches of the last few subjects it published to, valid while the bus's
+// subscriptions are unchanged (the generation). A steady stream to one subject then costs no trie
+// walk and no lock. The matches are immutable and shared, so a delivery that publishes again on the
+// same thread (and so may replace a slot) keeps its own list alive.
+struct MatchCache {
+  static constexpr size_t kSlots = 8;
+  using Matches = std::shared_ptr<const std::vector<SubjectTrie::EntryPtr>>;
+  const void* bus = nullptr;
+  uint64_t gen = 0;
+  std::array<std::string, kSlots> subject;
+  std::array<Matches, kSlots> matches;
+  size_t next = 0;
+};
+
+}  // namespace
+
 size_t MemoryBus::deliver(const BusMessagePtr& msg) {
-  thread_local std::vector<SubjectTrie::EntryPtr> matched;
-  matched.clear();
-  {
-    std::shared_lock lk(mu_);
-    trie_.match(msg->subject, matched);
+  thread_local MatchCache cache;
+  const uint64_t gen = gen_.load(std::memory_order_acquire);
+  if (cache.bus != this || cache.gen != gen) {
+    cache.bus = this;
+    cache.gen = gen;
+    for (auto& m : cache.matches) m.reset();
+  }
+  MatchCache::Matches targets;
+  for (size_t k = 0; k < MatchCache::kSlots; ++k) {
+    if (cache.matches[k] && cache.subject[k] == msg->subject) {
+      targets = cache.matches[k];
+      break;
+    }
+  }
+  if (!targets) {
+    auto fresh = std::make_shared<std::vector<SubjectTrie::EntryPtr>>();
+    {
+      std::shared_lock lk(mu_);
+      trie_.match(msg->subject, *fresh);
+    }
+    const size_t k = cache.next++ % MatchCache::kSlots;
+    cache.subject[k].assign(msg->subject);
+    cache.matches[k] = fresh;
+    targets = std::move(fresh);
   }
   // Fan-out outside the lock; every target shares the one immutable message.
   size_t reached = 0;
-  std::vector<SubjectTrie::EntryPtr> targets;
-  targets.swap(matched);  // delivery may publish again on this thread (re-entrancy)
+  thread_local std::vector<const SubjectTrie::Entry*> queued_scratch;
   std::vector<const SubjectTrie::Entry*> queued;
-  for (const auto& e : targets) {
+  queued.swap(queued_scratch);  // re-entrancy: a nested delivery gets its own vector
+  queued.clear();
+  for (const auto& e : *targets) {
     if (e->queue.empty()) {
       e->fn(msg);
       ++reached;
@@ -157,8 +198,8 @@ size_t MemoryBus::deliver(const BusMessagePtr& msg) {
       i = j;
     }
   }
-  targets.clear();
-  if (matched.capacity() < targets.capacity()) matched.swap(targets);
+  queued.clear();
+  if (queued_scratch.capacity() < queued.capacity()) queued_scratch.swap(queued);
   return reached;
 }
 

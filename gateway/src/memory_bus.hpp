@@ -71,6 +71,7 @@ class MemoryBus final : public Bus {
   std::unordered_map<uint64_t, SubjectTrie::EntryPtr> by_id_;
   std::atomic<uint64_t> next_id_{1};
   std::atomic<uint64_t> rr_{0};
+  std::atomic<uint64_t> gen_{0};  // bumped by every subscribe and unsubscribe (match caches)
 
   ReplyTable requests_;
 };

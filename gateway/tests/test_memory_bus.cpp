@@ -94,3 +94,28 @@ TEST_CASE("cancelled requests drop late replies", "[bus]") {
   bus.publish(std::make_shared<const BusMessage>(reply_to, "", "", ""), false);
   CHECK(calls == 0);
 }
+
+TEST_CASE("a subject's cached matches follow every subscribe and unsubscribe", "[bus]") {
+  MemoryBus bus("n1");
+  std::map<std::string, int> got;
+  auto sub = [&](const std::string& name, const std::string& s) {
+    return bus.subscribe(s, "", [&got, name](const BusMessagePtr&) { got[name]++; });
+  };
+  const auto a = sub("a", "hot.x");
+  for (int i = 0; i < 3; ++i) bus.publish(msg("hot.x"), false);  // the match is cached now
+  CHECK(got == std::map<std::string, int>{{"a", 3}});
+  const auto b = sub("b", "hot.*");  // a new subscriber is seen by the next publish on this thread
+  bus.publish(msg("hot.x"), false);
+  CHECK(got == std::map<std::string, int>{{"a", 4}, {"b", 1}});
+  bus.unsubscribe(a);  // and a removed one is not called again
+  bus.publish(msg("hot.x"), false);
+  CHECK(got == std::map<std::string, int>{{"a", 4}, {"b", 2}});
+  // more hot subjects than cache slots: every publish still reaches its subscriber
+  for (int i = 0; i < 20; ++i) sub("n" + std::to_string(i), "many." + std::to_string(i));
+  for (int round = 0; round < 2; ++round)
+    for (int i = 0; i < 20; ++i) bus.publish(msg("many." + std::to_string(i)), false);
+  for (int i = 0; i < 20; ++i) CHECK(got["n" + std::to_string(i)] == 2);
+  bus.unsubscribe(b);
+  bus.publish(msg("hot.x"), false);
+  CHECK(got["b"] == 2);
+}
