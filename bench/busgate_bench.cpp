@@ -304,6 +304,10 @@ double run_delivery(const Options& o, int subs, uint64_t count, bool stalled_ext
       conns.push_back(bg_connect(o.target, o.token));
       conns.back()->sub(1, o.subject);
     }
+    // The publisher connects before the stalled subscriber, so that with and without it the healthy
+    // subscribers and the publisher land on the same gateway threads (connections are spread
+    // round-robin): the two runs differ only by the stalled subscriber.
+    auto pub = bg_connect(o.target, o.token);
     std::unique_ptr<BgConn> stalled;
     if (stalled_extra) {
       stalled = bg_connect(o.target, o.token, 4096);
@@ -321,7 +325,6 @@ double run_delivery(const Options& o, int subs, uint64_t count, bool stalled_ext
           }
         }
       });
-    auto pub = bg_connect(o.target, o.token);
     start = now_ns();
     bg_publish(*pub, o.subject, o.size, count);
     pub->flush();

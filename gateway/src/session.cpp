@@ -8,6 +8,7 @@
 #include "busgate/protocol/msgpack.hpp"
 #include "busgate/protocol/subject.hpp"
 #include "server.hpp"
+#include "tcp_progress.hpp"
 
 namespace busgate::gw {
 
@@ -26,7 +27,7 @@ constexpr auto kFatalWriteGrace = std::chrono::seconds(5);
 // The longest a delivery waits for a consumer past half its outbound bound (producer flow control).
 constexpr auto kProducerStall = std::chrono::milliseconds(10);
 // ... and gives up on a consumer (until its queue empties) after this many waits without progress.
-constexpr uint32_t kIdleStallsToGiveUp = 5;
+constexpr uint32_t kIdleStallsToGiveUp = 2;
 constexpr size_t kWriteSlice = 256 * 1024;
 
 std::string random_id() {
@@ -71,12 +72,14 @@ Session::Session(Server& server, asio::any_io_executor ex, uint64_t id)
       drain_timer_(ex),
       close_timer_(ex),
       request_timer_(ex),
-      max_pending_(server.config().max_pending_bytes) {}
+      max_pending_(server.config().max_pending_bytes),
+      pace_timer_(ex) {}
 
 Session::~Session() = default;
 
 void Session::attach(Transport* t) {
   transport_ = t;
+  fd_.store(t->native_fd(), std::memory_order_relaxed);
   transport_kind_ = t->kind();
   remote_ = t->remote();
   server_.metrics().connections_opened.fetch_add(1, std::memory_order_relaxed);
@@ -94,9 +97,20 @@ const TenantConfig& Session::cfg() {
 
 // ---------------------------------------------------------------- inbound
 
+namespace {
+// The session whose frames this thread is handling (a delivery it causes may ask it to pause).
+thread_local Session* t_handling = nullptr;
+struct Handling {
+  explicit Handling(Session* s) : prev(t_handling) { t_handling = s; }
+  ~Handling() { t_handling = prev; }
+  Session* prev;
+};
+}  // namespace
+
 void Session::on_frame(std::string_view body) {
   const State st = state_.load();
   if (st == State::closed || closing_) return;
+  const Handling handling(this);
   rx_since_tick_ = true;
   ping_outstanding_ = false;
   bytes_in_.fetch_add(body.size() + 4, std::memory_order_relaxed);
@@ -503,20 +517,40 @@ void Session::stall_producer_locked(std::unique_lock<std::mutex>& lk) {
   if (stall_spent_ || pending() <= high) return;
   // Never on this session's own thread: its writes complete there.
   const void* own = &boost::asio::query(ex_, boost::asio::execution::context);
-  if (own == current_io_context()) return;
+  if (own == current_io_context()) {
+    // The publisher runs on this session's thread: it pauses reading after its read batch instead
+    // of waiting here, and is resumed when this queue is back under half (or after kProducerStall).
+    Session* pub = t_handling;
+    if (pub && pub != this && !pub->pace_requested_) {
+      peer_acked_more_locked();  // the mark note_idle_stall() compares with
+      pub->pace_requested_ = true;
+      pub->pacing_consumers_.push_back(weak_from_this());
+      paced_publishers_.push_back(pub->weak_from_this());
+    }
+    return;
+  }
   const uint64_t writes_before = writes_done_;
+  peer_acked_more_locked();  // the mark to compare with after the wait
   ++stall_waiters_;
   const bool drained = drained_cv_.wait_for(lk, kProducerStall, [&] {
     return closing_ || slow_ || state_.load() == State::closed || pending() <= high;
   });
   --stall_waiters_;
-  if (drained || writes_done_ != writes_before) {
-    idle_stalls_ = 0;
-  } else if (++idle_stalls_ >= kIdleStallsToGiveUp) {
-    stall_spent_ = true;
-    spdlog::debug("session={} made no write progress in {} ms; not waited for again until its queue empties",
-                  session_id_, kProducerStall.count() * kIdleStallsToGiveUp);
-  }
+  if (!drained && writes_done_ == writes_before && !peer_acked_more_locked()) count_idle_stall_locked();
+}
+
+bool Session::peer_acked_more_locked() {
+  const uint64_t acked = tcp_bytes_acked(fd_.load(std::memory_order_relaxed));
+  const bool more = acked > acked_mark_;
+  acked_mark_ = acked;
+  return more;
+}
+
+void Session::count_idle_stall_locked() {
+  if (++idle_stalls_ < kIdleStallsToGiveUp || stall_spent_) return;
+  stall_spent_ = true;
+  spdlog::debug("session={} made no write progress in {} ms; not waited for again until its queue empties",
+                session_id_, kProducerStall.count() * kIdleStallsToGiveUp);
 }
 
 bool Session::admit_locked(size_t extra) {
@@ -565,6 +599,20 @@ void Session::send_res(uint32_t req_id, Code status, std::string_view message) {
 
 bool Session::on_batch_end() {
   flush();
+  if (pace_requested_) {
+    pace_requested_ = false;
+    paced_ = true;
+    pace_timer_.expires_after(kProducerStall);
+    pace_timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
+      if (ec) return;
+      if (auto self = weak.lock()) {
+        for (auto& c : self->pacing_consumers_)
+          if (auto consumer = c.lock()) consumer->note_idle_stall();
+        self->resume_paced();
+      }
+    });
+    return false;
+  }
   Bus& bus = server_.bus();
   if (!bus.congested()) return true;
   // Publisher flow control: stop reading this client until the bus has written its backlog.
@@ -574,6 +622,19 @@ bool Session::on_batch_end() {
     });
   });
   return false;
+}
+
+void Session::resume_paced() {
+  pacing_consumers_.clear();
+  if (!paced_) return;
+  paced_ = false;
+  pace_timer_.cancel();
+  if (transport_) transport_->resume_read();
+}
+
+void Session::note_idle_stall() {
+  std::lock_guard lk(out_mu_);
+  if (!peer_acked_more_locked()) count_idle_stall_locked();
 }
 
 void Session::schedule_flush_locked() {
@@ -611,6 +672,7 @@ void Session::flush() {
 }
 
 void Session::on_write(bool ok) {
+  std::vector<std::weak_ptr<Session>> resume;
   {
     std::lock_guard lk(out_mu_);
     writing_ = false;
@@ -626,8 +688,13 @@ void Session::on_write(bool ok) {
       if (out_buf_.empty()) warned_ = stall_spent_ = false;  // only after the queue has emptied
     }
     ++writes_done_;
+    idle_stalls_ = 0;
     if (stall_waiters_ > 0) drained_cv_.notify_all();
+    if (!paced_publishers_.empty() && out_buf_.size() + write_buf_.size() - write_off_ <= max_pending_ / 2)
+      resume.swap(paced_publishers_);
   }
+  for (auto& w : resume)
+    if (auto pub = w.lock()) asio::post(pub->ex_, [pub] { pub->resume_paced(); });
   if (!ok) return close_transport();
   flush();
 }
@@ -663,6 +730,7 @@ void Session::close_transport() {
 
 void Session::on_closed(std::string reason) {
   if (state_.exchange(State::closed) == State::closed) return;
+  fd_.store(-1, std::memory_order_relaxed);
   transport_ = nullptr;
   if (close_reason_.empty()) close_reason_ = std::move(reason);
   cleanup();
@@ -674,6 +742,14 @@ void Session::on_closed(std::string reason) {
 
 void Session::cleanup() {
   close_timer_.cancel();
+  pace_timer_.cancel();
+  std::vector<std::weak_ptr<Session>> resume;
+  {
+    std::lock_guard lk(out_mu_);
+    resume.swap(paced_publishers_);
+  }
+  for (auto& w : resume)
+    if (auto pub = w.lock()) asio::post(pub->ex_, [pub] { pub->resume_paced(); });
   handshake_timer_.cancel();
   heartbeat_timer_.cancel();
   drain_timer_.cancel();

@@ -92,6 +92,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // when the frame must be dropped. Caller holds out_mu_.
   bool admit_locked(size_t extra);
   void stall_producer_locked(std::unique_lock<std::mutex>& lk);
+  void resume_paced();      // publisher side: a consumer drained, or the pace timer fired
+  void note_idle_stall();   // consumer side: a paced publisher waited 10 ms for nothing
+  void count_idle_stall_locked();  // a wait without progress; gives up on this consumer after a few
+  bool peer_acked_more_locked();   // the peer acknowledged bytes since the last look
   void schedule_flush_locked();
   void flush();
   void on_write(bool ok);
@@ -159,8 +163,18 @@ class Session : public std::enable_shared_from_this<Session> {
   std::condition_variable drained_cv_;
   uint32_t stall_waiters_ = 0;
   uint64_t writes_done_ = 0;
-  uint32_t idle_stalls_ = 0;  // consecutive waits that saw no write complete
+  uint32_t idle_stalls_ = 0;  // consecutive waits that saw no progress (no write done, nothing acked)
+  uint64_t acked_mark_ = 0;  // the peer's acknowledged bytes at the last look
+  std::atomic<int> fd_{-1};  // the socket, for TCP_INFO; -1 once closed
   bool stall_spent_ = false;
+  // Publishers on this session's own thread cannot wait for it; they pause reading instead, and
+  // this session resumes them when its queue is back under half (under out_mu_).
+  std::vector<std::weak_ptr<Session>> paced_publishers_;
+  // As a publisher (this session's executor only): a delivery asked to pause after this read batch.
+  std::vector<std::weak_ptr<Session>> pacing_consumers_;
+  bool pace_requested_ = false;
+  bool paced_ = false;
+  boost::asio::steady_timer pace_timer_;
   std::unordered_map<std::string, std::string> grants_;  // visible reply subject → bus subject
   std::deque<std::string> grant_order_;
   uint64_t grant_seq_ = 0;

@@ -98,6 +98,7 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
   }
 
   void set_max_frame(size_t max_frame) override { parser_.set_max_frame(max_frame); }
+  int native_fd() override { return lowest().native_handle(); }
   const char* kind() const override { return kIsTls<Stream> ? "tls" : "tcp"; }
   const std::string& remote() const override { return remote_; }
 

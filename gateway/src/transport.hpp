@@ -20,6 +20,8 @@ class Transport {
   virtual void write(std::string_view frames, std::function<void(bool ok)> done) = 0;
   // Whether writes may cut frames anywhere (TCP, TLS); false when every write must hold whole frames.
   virtual bool byte_stream() const { return true; }
+  // The connection's socket descriptor (for TCP progress figures), -1 when there is none.
+  virtual int native_fd() { return -1; }
   // Closes after the writes already started (lingering briefly so the peer reads the last frame).
   // `reason` is the fatal error that ends the connection (ok: a normal close); WebSocket maps it to
   // a close code.

@@ -129,6 +129,7 @@ class WsTransport final : public Transport, public std::enable_shared_from_this<
   }
 
   void set_max_frame(size_t max_frame) override { max_frame_ = max_frame; }
+  int native_fd() override { return socket().native_handle(); }
   const char* kind() const override {
     constexpr bool tls = !std::is_same_v<NextLayer, beast::tcp_stream>;
     return json_ ? (tls ? "wss-json" : "ws-json") : (tls ? "wss" : "ws");

@@ -3,7 +3,7 @@ a healthy consumer of the same messages."""
 import threading
 import time
 
-from rawgw import ERR, MSG, Closed, E, RawClient
+from rawgw import ERR, MSG, PUB, Closed, E, RawClient, frame
 
 CONFIG = """
 limits: {max_pending_bytes: 4194304}
@@ -61,3 +61,41 @@ def test_stalled_consumer_is_cut_off_and_fast_one_keeps_up(start_gateway, client
     assert time.monotonic() - t0 < 30
     g.wait_log(r"connection closed .*reason=\"SLOW_CONSUMER")
 
+
+def test_burst_is_paced_on_the_memory_bus(start_gateway, clients):
+    """Producer flow control on the embedded bus, whichever I/O threads the two connections land on: a
+    burst twenty times max_pending_bytes reaches a consumer that keeps reading, whole."""
+    g = start_gateway("""
+limits: {max_pending_bytes: 1048576}
+tenants: [{name: demo, tokens: [dev-token-1]}]
+""")
+    for _ in range(2):  # the second pair lands on the other thread arrangement
+        reader = clients(g.client("dev-token-1"))
+        reader.sub(1, "burst")
+        pub = clients(g.client("dev-token-1"))
+        n, payload = 600, b"y" * 32768
+        got, errors = [], []
+
+        def read():
+            try:
+                while len(got) < n:
+                    f = reader.recv(timeout=10)
+                    if f[0] == MSG:
+                        got.append(len(f[3]))
+                        if len(got) % 4 == 0:
+                            time.sleep(0.002)  # slower than the publisher
+                    elif f[0] == ERR:
+                        errors.append(f[1])
+            except (Closed, TimeoutError) as e:
+                errors.append(repr(e))
+
+        t = threading.Thread(target=read)
+        t.start()
+        pub.send_raw(b"".join(frame(PUB, "burst", payload) for _ in range(n)))
+        pub.flush(timeout=30)
+        t.join(60)
+        assert E["SLOW_CONSUMER"] not in errors, errors
+        assert len(got) == n, (len(got), errors)
+        reader.close()
+        pub.close()
+        g.client("dev-token-1").close()  # shift the round-robin by one connection
