@@ -177,9 +177,10 @@ def main():
         iso_count = 500_000 if quick else 2_000_000
         iso = {}
         for side, target in (("direct", nats_url), ("relay", t_iso_nats), ("mem", t_iso_mem)):
-            runs = [bench(bench_bin, target, "isolation", size=128, count=iso_count) for _ in range(3)]
+            pairs = 3 if quick else 5
+            runs = [bench(bench_bin, target, "isolation", size=128, count=iso_count) for _ in range(pairs)]
             runs.sort(key=lambda r: r["isolation"])
-            iso[side] = runs[1]  # the median of three (each run is one pair: without, then with)
+            iso[side] = runs[pairs // 2]  # the median pair (each run is one pair: without, then with)
         results += [{**v, "side": k} for k, v in iso.items()]
     finally:
         for p in (gw_mem, gw_nats, *extra, nats):

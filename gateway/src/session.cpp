@@ -709,6 +709,9 @@ void Session::fatal(Code code, std::string_view message, uint64_t ref_op) {
     proto::encode_err_framed(out_buf_, code, message, ref_op);
     closing_ = true;
   }
+  // Nothing more is delivered: stop the bus's callbacks at their first check, rather than at the
+  // close (a peer that stopped reading takes up to kFatalWriteGrace to close).
+  for (auto& [sid, st] : subs_) st->live.store(false, std::memory_order_release);
   handshake_timer_.cancel();
   heartbeat_timer_.cancel();
   drain_timer_.cancel();
