@@ -86,7 +86,10 @@ def bench(bin_, target, workload, **kw):
     args = [str(bin_), "--target", target, "--workload", workload]
     for k, v in kw.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
+    t0 = time.monotonic()
     r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    if os.environ.get("BENCH_TRACE"):
+        print(f"{time.monotonic() - t0:6.2f} s  {workload} {target} {kw}", file=sys.stderr)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {r.stderr.strip()}")
     return json.loads(r.stdout.strip().splitlines()[-1])
