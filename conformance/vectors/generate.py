@@ -672,6 +672,12 @@ def invalid() -> Area:
     a.bad("6.4.8", "HELLO from the gateway", G, pack([1, [1], AUTH]), "UNEXPECTED_OP")
     a.bad("6.4.9", "PUB from the gateway", G, pack(pub), "UNEXPECTED_OP")
     a.bad("6.4.10", "ACK from the gateway", G, pack([14, 20, 1]), "UNEXPECTED_OP")
+    # The body is checked as msgpack before the op is looked up (section 3.4): an unknown op with a
+    # malformed body is MALFORMED_FRAME, not UNKNOWN_OP.
+    a.bad("6.4.11", "unknown op 99 followed by the never-used byte c1", C, bytes([0x92, 0x63, 0xC1]), mf)
+    a.bad("6.4.12", "unknown op 99 with a str that is not UTF-8", G, bytes([0x92, 0x63, 0xA1, 0xFF]), mf)
+    a.bad("6.4.13", "unknown op 99 with a field missing (array of 3, 2 present)", C,
+          bytes([0x93, 0x63, 0x01]), mf)
 
     a.bad("6.5.1", "PUB payload as str instead of bin", C, pack([3, "orders.created", "hello"]), mf)
     a.bad("6.5.2", "MSG payload as str instead of bin (types are checked in both directions)", G,
