@@ -74,6 +74,14 @@ class Bus {
   // Returns an id for unsubscribe (0: the bus refused). `queue` empty for a plain subscription. After unsubscribe returns,
   // a delivery already in progress may still call fn once; callers must tolerate that.
   virtual uint64_t subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) = 0;
+  // The same, without waiting: `ready` runs once (any thread, possibly before this returns) when
+  // the subscription is live on the bus (or the bus is down and will subscribe when it is back).
+  virtual uint64_t subscribe_async(const std::string& subject, const std::string& queue, DeliverFn fn,
+                                   std::function<void()> ready) {
+    const uint64_t id = subscribe(subject, queue, std::move(fn));
+    ready();
+    return id;
+  }
   virtual void unsubscribe(uint64_t id) = 0;
   // ok, or bus_unavailable when the message was not accepted. `immediate`: write it to the bus now
   // rather than with the next batch (a PUB whose sender waits for an OK).

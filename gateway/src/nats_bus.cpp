@@ -163,6 +163,14 @@ BusStats NatsBus::stats() const {
 }
 
 uint64_t NatsBus::subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) {
+  auto sig = std::make_shared<Signal>();
+  const uint64_t id = subscribe_async(subject, queue, std::move(fn), [sig] { sig->set(); });
+  sig->wait_for(kSubscribeWait);
+  return id;
+}
+
+uint64_t NatsBus::subscribe_async(const std::string& subject, const std::string& queue, DeliverFn fn,
+                                  std::function<void()> ready) {
   const uint64_t id = next_id_.fetch_add(1);
   auto local = std::make_shared<DeliverFn>(std::move(fn));
   std::shared_ptr<Interest> in;
@@ -188,18 +196,17 @@ uint64_t NatsBus::subscribe(const std::string& subject, const std::string& queue
     // Under mu_, so that SUB and UNSUB for one interest reach the link in the order they happen.
     if (created) link_->subscribe(in->sid, subject, queue);
   }
-  // One round trip: when the PONG arrives the server has processed the SUB (the client's OK means the
-  // subscription is live) and every message it sent before is behind us.
-  auto sig = std::make_shared<Signal>();
-  link_->ping([in, id, created, sig](bool) {
+  // One round trip: when the PONG arrives the server has processed the SUB (the subscription is
+  // live) and every message it sent before is behind us, so a subscriber joining an existing bus
+  // subscription starts there.
+  link_->ping([in, id, created, ready = std::move(ready)](bool) {
     if (!created) {
       std::lock_guard il(in->mu);
       for (auto& l : in->locals)
         if (l.id == id) l.active = true;
     }
-    sig->set();
+    ready();
   });
-  sig->wait_for(kSubscribeWait);
   return id;
 }
 

@@ -24,6 +24,8 @@ class NatsBus final : public Bus {
   ~NatsBus() override;
 
   uint64_t subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) override;
+  uint64_t subscribe_async(const std::string& subject, const std::string& queue, DeliverFn fn,
+                           std::function<void()> ready) override;
   void unsubscribe(uint64_t id) override;
   proto::Code publish(BusMessagePtr msg, bool immediate) override;
   uint64_t request(std::shared_ptr<BusMessage> msg, ReplyFn fn) override;

@@ -60,6 +60,7 @@ struct Session::SubState {
   std::vector<std::string> deny;          // copied at subscribe time when filter is set
   std::atomic<bool> live{true};
   std::atomic<uint64_t> remaining{0};     // UNSUB max_msgs countdown; 0 = unlimited
+  bool confirmed = false;                 // OK sent (executor only)
 };
 
 Session::Session(Server& server, asio::any_io_executor ex, uint64_t id)
@@ -290,17 +291,41 @@ void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
   st->filter = rc.needs_filter;
   if (st->filter) st->deny = c.permissions.subscribe.deny;
   std::weak_ptr<Session> weak = weak_from_this();
-  st->bus_id = server_.bus().subscribe(st->mapping.bus_subject, st->queue, [weak, st](const BusMessagePtr& m) {
-    if (!st->live.load(std::memory_order_acquire)) return;
-    if (auto self = weak.lock()) self->deliver(*st, m);
-  });
-  if (st->bus_id == 0) return send_err(Code::bus_unavailable, "the bus refused the subscription", 4, s.sid);
+  // The OK waits until the bus has the subscription (a NATS round trip). Meanwhile this connection's
+  // later frames wait too (the transport holds them), so that they see the subscription live, but
+  // the I/O thread serves everyone else.
+  sub_pending_ = true;
+  st->bus_id = server_.bus().subscribe_async(
+      st->mapping.bus_subject, st->queue,
+      [weak, st](const BusMessagePtr& m) {
+        if (!st->live.load(std::memory_order_acquire)) return;
+        if (auto self = weak.lock()) self->deliver(*st, m);
+      },
+      [weak, st, ex = ex_] {
+        asio::post(ex, [weak, st] {
+          if (auto self = weak.lock()) self->finish_sub(st);
+        });
+      });
+  if (st->bus_id == 0) {
+    sub_pending_ = false;
+    st->confirmed = true;  // nothing to confirm
+    return send_err(Code::bus_unavailable, "the bus refused the subscription", 4, s.sid);
+  }
   {
     std::lock_guard lk(subs_mu_);
     subs_.emplace(s.sid, st);
   }
   sub_count_.store(subs_.size(), std::memory_order_relaxed);
-  send_ok(4, s.sid);
+}
+
+void Session::finish_sub(const std::shared_ptr<SubState>& st) {
+  if (st->confirmed) return;
+  st->confirmed = true;
+  sub_pending_ = false;
+  if (state_.load() == State::closed) return;
+  if (auto it = subs_.find(st->sid); it != subs_.end() && it->second == st) send_ok(4, st->sid);
+  flush();
+  if (transport_) transport_->resume_read();  // the frames that waited for this OK
 }
 
 void Session::on_unsub(const proto::Unsub& u) {
@@ -599,6 +624,7 @@ void Session::send_res(uint32_t req_id, Code status, std::string_view message) {
 
 bool Session::on_batch_end() {
   flush();
+  if (sub_pending_) return false;  // finish_sub() resumes reading
   if (pace_requested_) {
     pace_requested_ = false;
     paced_ = true;

@@ -34,6 +34,9 @@ class Session : public std::enable_shared_from_this<Session> {
   // The end of a read batch: flushes replies. False when the bus is congested: the transport stops
   // reading this client until the bus drains (then resume_read()).
   bool on_batch_end();
+  // True while a SUB waits for the bus: the transport stops handing frames over (they stay buffered)
+  // until resume_read().
+  bool holding() const { return sub_pending_; }
   // A fatal protocol error found by the transport (oversized length, not busgate, bad WS message).
   void fail(proto::Code code, std::string message);
   // The transport is gone (peer closed, I/O error, or after close()).
@@ -75,6 +78,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_pub(const proto::Pub& p, const proto::DecodeResult& r);
   void on_sub(const proto::Sub& s, const proto::DecodeResult& r);
   void on_unsub(const proto::Unsub& u);
+  void finish_sub(const std::shared_ptr<SubState>& st);
   void on_req(const proto::Req& q, const proto::DecodeResult& r);
   void on_bus_reply(uint32_t req_id, uint64_t token, proto::Code status, const BusMessagePtr& reply);
   void finish_request(uint32_t req_id);
@@ -173,6 +177,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // As a publisher (this session's executor only): a delivery asked to pause after this read batch.
   std::vector<std::weak_ptr<Session>> pacing_consumers_;
   bool pace_requested_ = false;
+  bool sub_pending_ = false;  // a SUB waits for the bus; later frames wait for it (executor only)
   bool paced_ = false;
   boost::asio::steady_timer pace_timer_;
   std::unordered_map<std::string, std::string> grants_;  // visible reply subject → bus subject

@@ -94,7 +94,8 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
   void resume_read() override {
     if (!paused_) return;
     const auto self = std::move(paused_);
-    do_read();
+    if (closing_ || !session_) return do_read();
+    pump();  // frames that arrived while paused first
   }
 
   void set_max_frame(size_t max_frame) override { parser_.set_max_frame(max_frame); }
@@ -146,8 +147,14 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
         case proto::Sniff::busgate: sniffed_ = true; break;
       }
     }
+    pump();
+  }
+
+  // Hands the buffered frames to the session, then reads more, unless the session asks to wait
+  // (a SUB waiting for the bus, or a congested bus): resume_read() continues here.
+  void pump() {
     std::string_view body;
-    while (!closing_ && session_->state() != Session::State::closed) {
+    while (!closing_ && session_->state() != Session::State::closed && !session_->holding()) {
       const auto st = parser_.next(body);
       if (st == proto::FrameParser::Status::need_more) break;
       if (st == proto::FrameParser::Status::error) {

@@ -6,7 +6,7 @@ import time
 import nats as natspy
 
 from natsfix import free_port, gateway_config
-from rawgw import ERR, MSG, PUB, REQ, RES, E, frame
+from rawgw import ERR, MSG, OK, PING, PONG, PUB, REQ, RES, SUB, E, frame
 
 
 def test_pubsub_and_requests_over_nats(nats, start_gateway, clients):
@@ -365,3 +365,34 @@ def test_burst_is_paced_to_a_consumer_that_reads(nats, start_gateway, clients):
     t.join(60)
     assert E["SLOW_CONSUMER"] not in errors, errors
     assert len(got) == n and set(got) == {len(payload)}, (len(got), errors)
+
+
+def test_pipelined_subs_are_confirmed_in_order_and_live_for_what_follows(nats, start_gateway, clients):
+    """SUBs are confirmed once NATS has them, without holding the gateway's I/O thread; frames sent
+    behind a SUB wait for it, so a PUB pipelined after 50 SUBs (shared and new bus subscriptions
+    alike) reaches all of them, and the PONG behind them all comes after every OK."""
+    ns = nats()
+    g = start_gateway(gateway_config([ns.url], "gw-pipe"))
+    other = clients(g.client())
+    other.sub(1, "pipe.shared")  # an existing bus subscription that some SUBs below join
+    c = clients(g.client())
+    burst = b"".join(frame(SUB, sid, "pipe.shared" if sid % 2 else f"pipe.{sid}") for sid in range(1, 51))
+    burst += b"".join(frame(PUB, "pipe.shared" if sid % 2 else f"pipe.{sid}", b"m", None, None, 0)
+                      for sid in range(1, 51))
+    burst += frame(PING)
+    c.send_raw(burst)
+    want = 25 * 25 + 25
+    oks, msgs, pong = [], [], False
+    while not (pong and len(msgs) >= want):
+        f = c.recv(timeout=10)
+        if f[0] == OK:
+            assert not pong, "an OK after the PONG"
+            oks.append(f[2])
+        elif f[0] == MSG:
+            msgs.append(f[1])
+        elif f[0] == PONG:
+            pong = True
+    assert oks == list(range(1, 51))
+    # every odd sid is on pipe.shared (25 subscriptions, 25 publishes each), every even sid has its own
+    assert sorted(msgs) == sorted([s for s in range(1, 51, 2) for _ in range(25)] + list(range(2, 51, 2)))
+    assert other.expect(MSG)[3] == b"m"
