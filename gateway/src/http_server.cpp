@@ -131,6 +131,12 @@ std::string render_metrics(Server& server) {
   o << "# HELP busgate_slow_consumer_disconnects_total Connections closed by the slow-consumer policy.\n"
        "# TYPE busgate_slow_consumer_disconnects_total counter\nbusgate_slow_consumer_disconnects_total "
     << m.slow_consumer_disconnects.load() << "\n";
+  o << "# HELP busgate_producer_paces_total Times a producer was paced for a consumer past half its bound.\n"
+       "# TYPE busgate_producer_paces_total counter\nbusgate_producer_paces_total "
+    << m.producer_paces.load() << "\n";
+  o << "# HELP busgate_bus_congestion_pauses_total Times a publishing connection paused for a congested bus.\n"
+       "# TYPE busgate_bus_congestion_pauses_total counter\nbusgate_bus_congestion_pauses_total "
+    << m.bus_congestion_pauses.load() << "\n";
   o << "# HELP busgate_draining 1 while the node drains.\n# TYPE busgate_draining gauge\nbusgate_draining "
     << (server.draining() ? 1 : 0) << "\n";
   return o.str();

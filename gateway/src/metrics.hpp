@@ -13,6 +13,10 @@ struct Metrics {
   std::atomic<uint64_t> connections_opened{0};
   std::atomic<uint64_t> connections_closed{0};
   std::atomic<uint64_t> slow_consumer_disconnects{0};
+  // Flow control: producers paced for a consumer past half its bound (waits, and publishing
+  // connections paused), and publishing connections paused because the bus was congested.
+  std::atomic<uint64_t> producer_paces{0};
+  std::atomic<uint64_t> bus_congestion_pauses{0};
   std::atomic<uint64_t> foreign_protocol_rejects{0};
   std::atomic<uint64_t> requests_total{0};
   std::atomic<uint64_t> requests_inflight{0};

@@ -548,6 +548,7 @@ void Session::stall_producer_locked(std::unique_lock<std::mutex>& lk) {
     Session* pub = t_handling;
     if (pub && pub != this && !pub->pace_requested_) {
       peer_acked_more_locked();  // the mark note_idle_stall() compares with
+      server_.metrics().producer_paces.fetch_add(1, std::memory_order_relaxed);
       pub->pace_requested_ = true;
       pub->pacing_consumers_.push_back(weak_from_this());
       paced_publishers_.push_back(pub->weak_from_this());
@@ -555,6 +556,7 @@ void Session::stall_producer_locked(std::unique_lock<std::mutex>& lk) {
     return;
   }
   const uint64_t writes_before = writes_done_;
+  server_.metrics().producer_paces.fetch_add(1, std::memory_order_relaxed);
   peer_acked_more_locked();  // the mark to compare with after the wait
   ++stall_waiters_;
   const bool drained = drained_cv_.wait_for(lk, kProducerStall, [&] {
@@ -641,6 +643,7 @@ bool Session::on_batch_end() {
   }
   Bus& bus = server_.bus();
   if (!bus.congested()) return true;
+  server_.metrics().bus_congestion_pauses.fetch_add(1, std::memory_order_relaxed);
   // Publisher flow control: stop reading this client until the bus has written its backlog.
   bus.when_drained([weak = weak_from_this(), ex = ex_] {
     asio::post(ex, [weak] {

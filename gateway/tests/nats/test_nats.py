@@ -365,6 +365,8 @@ def test_burst_is_paced_to_a_consumer_that_reads(nats, start_gateway, clients):
     t.join(60)
     assert E["SLOW_CONSUMER"] not in errors, errors
     assert len(got) == n and set(got) == {len(payload)}, (len(got), errors)
+    paces = [line for line in g.http_get("/metrics")[1].splitlines() if line.startswith("busgate_producer_paces_total ")]
+    assert paces and int(paces[0].split()[1]) > 0, paces  # the pacing is visible to operators
 
 
 def test_pipelined_subs_are_confirmed_in_order_and_live_for_what_follows(nats, start_gateway, clients):
