@@ -116,8 +116,9 @@ type opResult struct {
 	err error
 }
 
-// Connect opens a connection to the gateway at url (busgate://host[:port], busgate+tls://...;
-// default port 7422) and completes the HELLO/WELCOME handshake.
+// Connect opens a connection to the gateway at url and completes the HELLO/WELCOME handshake. url
+// is busgate://host[:port] or busgate+tls://host[:port] (default port 7422), or a WebSocket URL
+// ws://host[:port]/v1/ws or wss://host[:port]/v1/ws (default ports 80 and 443, default path /v1/ws).
 func Connect(url string, opts ...Option) (*Conn, error) {
 	o := GetDefaultOptions()
 	o.URL = url
@@ -203,35 +204,65 @@ func (c *Conn) dial(u serverURL) (*link, error) {
 		case <-ctx.Done():
 		}
 	}()
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", u.addr)
-	if err != nil {
-		return nil, err
-	}
+	var cfg *tls.Config
 	if u.tls {
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-		if c.opts.TLSConfig != nil {
-			cfg = c.opts.TLSConfig.Clone()
-			if cfg.MinVersion == 0 {
-				cfg.MinVersion = tls.VersionTLS12
-			}
-		}
-		if cfg.ServerName == "" {
-			cfg.ServerName = u.host // SNI and certificate verification (section 2.3)
-		}
-		tc := tls.Client(nc, cfg)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			nc.Close()
+		cfg = c.tlsConfig(u)
+	}
+	var t transport
+	if u.ws {
+		wt, err := dialWS(ctx, u, cfg)
+		if err != nil {
 			return nil, err
 		}
-		nc = tc
+		t = wt
+	} else {
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, "tcp", u.addr)
+		if err != nil {
+			return nil, err
+		}
+		if cfg != nil {
+			tc := tls.Client(nc, cfg)
+			if err := tc.HandshakeContext(ctx); err != nil {
+				nc.Close()
+				return nil, err
+			}
+			nc = tc
+		}
+		t = newStreamTransport(nc)
 	}
-	l := newLink(c, nc, u)
+	l := newLink(c, t, u)
 	if err := l.handshake(ctx); err != nil {
-		nc.Close()
+		t.close(false)
 		return nil, err
 	}
 	return l, nil
+}
+
+// tlsConfig is the TLS configuration for u: a copy of Options.TLSConfig (at least TLS 1.2), with
+// the RootCAs and client certificates of the options added and the URL's host as ServerName for
+// SNI and certificate verification (section 2.3).
+func (c *Conn) tlsConfig(u serverURL) *tls.Config {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.opts.TLSConfig != nil {
+		cfg = c.opts.TLSConfig.Clone()
+		if cfg.MinVersion == 0 {
+			cfg.MinVersion = tls.VersionTLS12
+		}
+	}
+	if c.opts.RootCAs != nil {
+		cfg.RootCAs = c.opts.RootCAs
+	}
+	if len(c.opts.ClientCerts) > 0 {
+		cfg.Certificates = append(append([]tls.Certificate(nil), cfg.Certificates...), c.opts.ClientCerts...)
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = u.host
+	}
+	if u.ws {
+		cfg.NextProtos = []string{"http/1.1"} // the WebSocket upgrade is an HTTP/1.1 request
+	}
+	return cfg
 }
 
 // helloFrame builds this client's HELLO (section 7.1).
@@ -396,8 +427,8 @@ func (c *Conn) reconnectLoop(first []string) {
 	var cands []serverURL
 	seen := map[string]bool{}
 	add := func(u serverURL) {
-		if !seen[u.addr+fmt.Sprint(u.tls)] {
-			seen[u.addr+fmt.Sprint(u.tls)] = true
+		if !seen[u.key()] {
+			seen[u.key()] = true
 			cands = append(cands, u)
 		}
 	}

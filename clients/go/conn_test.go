@@ -52,8 +52,10 @@ func TestConnectErrors(t *testing.T) {
 	if !errors.Is(err, ErrAuthFailed) || !errors.As(err, &pe) || pe.Code != CodeAuthFailed || pe.Local {
 		t.Fatalf("bad token: %v", err)
 	}
-	if _, err := Connect("ws://" + g.addr + "/v1/ws"); !errors.Is(err, ErrInvalidURL) {
-		t.Fatalf("ws URL: %v", err)
+	// WebSocket to the plain TCP port: the gateway answers HTTP 400 (section 2.2), so the upgrade
+	// fails. (WebSocket to the HTTP port works: ws_test.go.)
+	if _, err := Connect("ws://"+g.addr+"/v1/ws", Token("dev-token"), Timeout(2*time.Second)); !errors.Is(err, ErrNoServers) {
+		t.Fatalf("ws URL to the TCP port: %v", err)
 	}
 	if _, err := Connect("http://" + g.addr); !errors.Is(err, ErrInvalidURL) {
 		t.Fatalf("http URL: %v", err)
@@ -87,7 +89,20 @@ func TestURLs(t *testing.T) {
 			t.Errorf("%s: got %q, %v; want %s", in, u.addr, err, want)
 		}
 	}
-	for _, bad := range []string{"busgate://", "nats://x", "busgate://u:p@host", "busgate://h:70000", "wss://h/v1/ws"} {
+	for in, want := range map[string]string{
+		"ws://gw.example/v1/ws":         "http://gw.example:80/v1/ws",
+		"ws://gw.example:7480":          "http://gw.example:7480/v1/ws",
+		"ws://gw.example:7480/":         "http://gw.example:7480/v1/ws",
+		"WSS://gw.example/v1/ws":        "https://gw.example:443/v1/ws",
+		"wss://[::1]:8443/v1/ws?x=1":    "https://[::1]:8443/v1/ws?x=1",
+		"wss://gw.example:8443/other/p": "https://gw.example:8443/other/p",
+	} {
+		u, err := parseURL(in)
+		if err != nil || !u.ws || u.wsURL() != want || u.tls != strings.HasPrefix(want, "https") {
+			t.Errorf("%s: got %+v (%q), %v; want %s", in, u, u.wsURL(), err, want)
+		}
+	}
+	for _, bad := range []string{"busgate://", "nats://x", "busgate://u:p@host", "busgate://h:70000", "ws://u:p@h/v1/ws", "wss://h:0/v1/ws", "ws:///v1/ws"} {
 		if _, err := parseURL(bad); !errors.Is(err, ErrInvalidURL) {
 			t.Errorf("%s: %v", bad, err)
 		}

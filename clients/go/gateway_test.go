@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,18 +17,20 @@ import (
 
 // gateway is a running busgate binary started by a test.
 type gateway struct {
-	t       *testing.T
-	cmd     *exec.Cmd
-	addr    string // host:port of the TCP listener
-	tlsAddr string // host:port of the TLS listener, when started with --tls
-	url     string
-	exited  chan struct{}
+	t         *testing.T
+	cmd       *exec.Cmd
+	addr      string // host:port of the TCP listener
+	tlsAddr   string // host:port of the TLS listener, when started with --tls
+	httpAddr  string // host:port of the HTTP listener (WebSocket /v1/ws)
+	httpsAddr string // host:port of the HTTPS listener (wss://), when started with --https
+	url       string
+	exited    chan struct{}
 
 	mu  sync.Mutex
 	log []string
 }
 
-var listenRE = regexp.MustCompile(`(tcp|tls) listening on (\S+)`)
+var listenRE = regexp.MustCompile(`(tcp|tls|https|http) listening on (\S+)`)
 
 func gatewayBinary(t *testing.T) string {
 	t.Helper()
@@ -52,10 +55,15 @@ func startGateway(t *testing.T, config string) *gateway {
 	return startGatewayAt(t, "127.0.0.1:0", config)
 }
 
-// startGatewayAt starts the gateway with its TCP listener on addr; extra are more arguments.
+// startGatewayAt starts the gateway with its TCP listener on addr; extra are more arguments. The
+// HTTP listener is on 127.0.0.1:0 unless extra has --http.
 func startGatewayAt(t *testing.T, addr, config string, extra ...string) *gateway {
 	t.Helper()
-	args := append([]string{"--tcp", addr, "--http", "127.0.0.1:0", "--threads", "2"}, extra...)
+	args := []string{"--tcp", addr, "--threads", "2"}
+	if !slices.Contains(extra, "--http") {
+		args = append(args, "--http", "127.0.0.1:0")
+	}
+	args = append(args, extra...)
 	if config != "" {
 		path := filepath.Join(t.TempDir(), "gateway.yaml")
 		if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
@@ -81,10 +89,15 @@ func startGatewayAt(t *testing.T, addr, config string, extra ...string) *gateway
 			g.mu.Lock()
 			g.log = append(g.log, line)
 			if m := listenRE.FindStringSubmatch(line); m != nil {
-				if m[1] == "tcp" {
+				switch m[1] {
+				case "tcp":
 					g.addr = m[2]
-				} else {
+				case "tls":
 					g.tlsAddr = m[2]
+				case "http":
+					g.httpAddr = m[2]
+				case "https":
+					g.httpsAddr = m[2]
 				}
 			}
 			g.mu.Unlock()

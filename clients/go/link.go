@@ -1,13 +1,10 @@
 package busgate
 
 import (
-	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,11 +21,9 @@ var writeBufSize = 64 * 1024
 // A Conn has one current link, plus links that received GOAWAY and are finishing their work.
 type link struct {
 	c         *Conn
-	nc        net.Conn
+	t         transport
 	url       serverURL
-	br        *bufio.Reader
 	dec       *Decoder
-	big       []byte
 	info      ServerInfo
 	maxFrame  int
 	heartbeat time.Duration
@@ -60,12 +55,11 @@ func (l *link) isDone() bool {
 	}
 }
 
-func newLink(c *Conn, nc net.Conn, u serverURL) *link {
+func newLink(c *Conn, t transport, u serverURL) *link {
 	return &link{
 		c:        c,
-		nc:       nc,
+		t:        t,
 		url:      u,
-		br:       bufio.NewReaderSize(nc, readBufSize),
 		dec:      NewDecoder(),
 		maxFrame: MaxFrameBeforeWelcome,
 		flushSig: make(chan struct{}, 1),
@@ -93,7 +87,11 @@ func (l *link) shutdown(err error) {
 		l.err = err
 		l.errMu.Unlock()
 		close(l.done)
-		l.nc.Close()
+		// The client's own close is orderly; anything else (a lost or stale connection, a fatal
+		// error) closes at once.
+		var pe *ProtocolError
+		graceful := err == ErrConnectionClosed || errors.As(err, &pe) && pe.Local && pe.Code == CodeShuttingDown
+		l.t.close(graceful)
 	})
 }
 
@@ -103,56 +101,22 @@ func (l *link) reason() error {
 	return l.err
 }
 
-// readFrame reads the next frame's body, checking the length prefix against max before reading
-// the body (section 2.1). The body is valid until release.
-func (l *link) readFrame(max int) ([]byte, int, error) {
-	hdr, err := l.br.Peek(4)
-	if err != nil {
-		return nil, 0, err
-	}
-	n := int(binary.BigEndian.Uint32(hdr))
-	if n == 0 {
-		return nil, 0, malformed("zero-length frame from the gateway")
-	}
-	if n > max {
-		return nil, 0, protoErr(CodeFrameTooLarge, fmt.Sprintf("frame of %d bytes from the gateway, above %d", n, max))
-	}
-	_, _ = l.br.Discard(4)
-	if n <= l.br.Size() {
-		body, err := l.br.Peek(n)
-		if err != nil {
-			return nil, 0, err
-		}
-		return body, n, nil
-	}
-	if cap(l.big) < n {
-		l.big = make([]byte, n)
-	}
-	body := l.big[:n]
-	if _, err := io.ReadFull(l.br, body); err != nil {
-		return nil, 0, err
-	}
-	return body, 0, nil
-}
+func (l *link) readFrame(max int) ([]byte, int, error) { return l.t.readFrame(max) }
 
-func (l *link) release(n int) {
-	if n > 0 {
-		_, _ = l.br.Discard(n)
-	}
-}
+func (l *link) release(n int) { l.t.release(n) }
 
 // handshake sends HELLO and waits for WELCOME (section 6.2).
 func (l *link) handshake(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok {
-		_ = l.nc.SetDeadline(dl)
+		l.t.setDeadline(dl)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = l.nc.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, func() { l.t.setDeadline(time.Unix(1, 0)) })
 	defer stop()
 	hello, err := NewEncoder().AppendFrame(nil, l.c.helloFrame())
 	if err != nil {
 		return err
 	}
-	if _, err := l.nc.Write(hello); err != nil {
+	if err := l.t.write(hello); err != nil {
 		return err
 	}
 	var f Frame
@@ -187,7 +151,7 @@ func (l *link) handshake(ctx context.Context) error {
 				URL: l.url.raw, Limits: parseLimits(f.Limits)}
 			l.maxFrame = l.info.Limits.MaxFrame
 			l.heartbeat = l.info.Limits.Heartbeat
-			_ = l.nc.SetDeadline(time.Time{})
+			l.t.setDeadline(time.Time{})
 			return nil
 		}
 		// Nothing else is expected before WELCOME; the client sends nothing until then.
@@ -393,8 +357,7 @@ func (l *link) flushLoop() {
 				c.cond.Broadcast()
 			}
 			c.mu.Unlock()
-			_, err := l.nc.Write(buf)
-			if err != nil {
+			if err := l.t.write(buf); err != nil {
 				l.shutdown(err)
 				return
 			}

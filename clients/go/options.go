@@ -2,7 +2,9 @@ package busgate
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -48,14 +50,20 @@ type GoAway struct {
 
 // Options configure a Conn. Use the Option functions with Connect.
 type Options struct {
-	URL     string   // the gateway, busgate://host[:port] or busgate+tls://host[:port]
+	URL     string   // the gateway: busgate://, busgate+tls://, ws:// or wss:// (see Connect)
 	Servers []string // further gateway URLs to try, in order, after URL
 
 	Token string // the tenant's bearer token (HELLO auth method "token")
 	Name  string // client name for the gateway's logs (at most 128 bytes)
 
-	TLSConfig *tls.Config   // for busgate+tls://; ServerName defaults to the URL's host
-	Timeout   time.Duration // connecting: TCP, TLS and the HELLO/WELCOME handshake
+	TLSConfig *tls.Config // for busgate+tls:// and wss://; ServerName defaults to the URL's host
+	// RootCAs, when set, replaces TLSConfig.RootCAs: the CAs the gateway's certificate is verified
+	// against.
+	RootCAs *x509.CertPool
+	// ClientCerts are added to TLSConfig.Certificates: the client certificates offered to a
+	// gateway that requires them (mTLS, gateway setting tls.client_ca_file).
+	ClientCerts []tls.Certificate
+	Timeout     time.Duration // connecting: TCP, TLS and the HELLO/WELCOME handshake
 
 	// Heartbeat asks the gateway for this heartbeat interval (HELLO opts heartbeat_ms); the gateway
 	// clamps it. 0 leaves the choice to the gateway.
@@ -121,10 +129,56 @@ func Servers(urls ...string) Option {
 	}
 }
 
-// TLSConfig sets the TLS configuration used for busgate+tls:// URLs. The gateway's certificate is
-// verified against cfg.RootCAs (the system roots when nil) unless cfg.InsecureSkipVerify is set.
+// TLSConfig sets the TLS configuration used for busgate+tls:// and wss:// URLs. The gateway's
+// certificate is verified against cfg.RootCAs (the system roots when nil) unless
+// cfg.InsecureSkipVerify is set. Client certificates for mTLS go in cfg.Certificates (or
+// cfg.GetClientCertificate), or are added with ClientCert.
 func TLSConfig(cfg *tls.Config) Option {
 	return func(o *Options) error { o.TLSConfig = cfg; return nil }
+}
+
+// ClientCert loads a client certificate chain and its private key from PEM files and offers it in
+// the TLS handshake of busgate+tls:// and wss:// URLs, for gateways that require client
+// certificates (mTLS). It adds to the certificates of TLSConfig.
+func ClientCert(certFile, keyFile string) Option {
+	return func(o *Options) error {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return fmt.Errorf("%w: client certificate: %v", ErrInvalidArg, err)
+		}
+		o.ClientCerts = append(o.ClientCerts, cert)
+		return nil
+	}
+}
+
+// ClientCertificate offers an already loaded client certificate, like ClientCert.
+func ClientCertificate(cert tls.Certificate) Option {
+	return func(o *Options) error {
+		if len(cert.Certificate) == 0 {
+			return fmt.Errorf("%w: client certificate without a certificate", ErrInvalidArg)
+		}
+		o.ClientCerts = append(o.ClientCerts, cert)
+		return nil
+	}
+}
+
+// RootCAs loads PEM CA certificates from files and verifies the gateway's certificate against them
+// instead of the system roots (or TLSConfig.RootCAs).
+func RootCAs(files ...string) Option {
+	return func(o *Options) error {
+		pool := x509.NewCertPool()
+		for _, f := range files {
+			pem, err := os.ReadFile(f)
+			if err != nil {
+				return fmt.Errorf("%w: root CAs: %v", ErrInvalidArg, err)
+			}
+			if !pool.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("%w: root CAs: no PEM certificate in %s", ErrInvalidArg, f)
+			}
+		}
+		o.RootCAs = pool
+		return nil
+	}
 }
 
 // Timeout sets the time allowed to connect, including the TLS and busgate handshakes.
