@@ -203,26 +203,71 @@ class TcpTransport(Transport):
         self._processing = True
         try:
             parser = self.parser
-            decode = P.decode
-            on_frame = self.sink.on_frame
-            while not self._paused and not self._lost:
+            while not self._paused and not self._lost and parser.buffered >= 4:
+                # Walk the frames in a copy of (a window of) the unread bytes, one copy per window
+                # rather than per frame, then tell the parser how far we got. A window ends where
+                # its data does, or when a handler pauses reading (at a frame boundary).
+                data = parser._unread(self.WINDOW)
+                i, error = self._walk(data)
+                parser._consume(i)
+                if error is not None:
+                    # MALFORMED_FRAME / FRAME_TOO_LARGE from the gateway: close the connection
+                    self._fail(error)
+                    return
+                if i == 0:
+                    return  # the first frame is not complete yet
+        finally:
+            self._processing = False
+
+    WINDOW = 65536
+
+    def _walk(self, data: bytes) -> tuple[int, E.BusgateError | None]:
+        """Deliver the whole frames at the start of ``data``; returns how many bytes they took, and
+        the error that ends the connection, if any. MSG frames take the fast path straight to the
+        sink's ``on_msg`` (no frame object); everything else is decoded in full."""
+        parser = self.parser
+        size = len(data)
+        i = 0
+        from_bytes = int.from_bytes
+        msg_fields = P._msg_fields
+        decode = P._decode_generic
+        on_frame = self.sink.on_frame
+        on_msg = getattr(self.sink, "on_msg", None)
+        try:
+            while size - i >= 4:
+                n = from_bytes(data[i:i + 4], "big")
+                if n == 0:
+                    raise E.MalformedFrame("zero-length frame")
+                if n > parser.max_frame:
+                    raise E.FrameTooLarge(f"length prefix {n} is above the maximum frame size {parser.max_frame}")
+                end = i + 4 + n
+                if end > size:
+                    break
+                body = data[i + 4:end]
+                i = end
+                if on_msg is not None:
+                    fields = msg_fields(body)
+                    if fields is not None:
+                        try:
+                            on_msg(*fields)
+                        except Exception:  # a bug in a handler must not kill the connection's reading
+                            log.exception("busgate: handling a MSG frame failed")
+                        if self._paused or self._lost:
+                            break
+                        continue
                 try:
-                    body = parser.next_body()
-                    if body is None:
-                        return
                     frame = decode(body, P.GATEWAY)
                 except (E.UnknownOp, E.UnexpectedOp):
                     continue  # skipped silently (section 3.4)
-                except E.BusgateError as e:
-                    # MALFORMED_FRAME / FRAME_TOO_LARGE from the gateway: close the connection
-                    self._fail(e)
-                    return
                 try:
                     on_frame(frame)
                 except Exception:  # a bug in a handler must not kill the connection's reading
                     log.exception("busgate: handling a %s frame failed", frame.op_name)
-        finally:
-            self._processing = False
+                if self._paused or self._lost:
+                    break
+        except E.BusgateError as e:
+            return i, e
+        return i, None
 
     def _fail(self, exc: BaseException) -> None:
         if self.transport is not None:

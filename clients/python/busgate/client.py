@@ -149,11 +149,13 @@ class Subscription:
     def _push(self, msg: Msg, conn: "_Connection") -> None:
         if self._closed:
             return
-        self._q.append(msg)
+        q = self._q
+        q.append(msg)
+        n = len(q)
+        if n == 1:
+            self._empty.clear()  # (with more than one queued it is clear already)
         self._pending_bytes += len(msg.data)
-        self._empty.clear()
         self.delivered += 1
-        n = len(self._q)
         if n > self.max_pending_seen:
             self.max_pending_seen = n
         w = self._waiter
@@ -287,6 +289,9 @@ class Subscription:
 
         async def run() -> None:
             q = self._q
+            blocked = self._client._blocked
+            take = self._take
+            isawaitable = inspect.isawaitable
             while True:
                 if not q:
                     if self._closed:
@@ -295,11 +300,20 @@ class Subscription:
                     continue
                 # deliver everything queued without a coroutine per message
                 while q:
-                    msg = self._take()
+                    if blocked:
+                        msg = take()
+                    else:  # _take() inlined: nothing to unblock
+                        msg = q.popleft()
+                        self._pending_bytes -= len(msg.data)
+                        if not q:
+                            self._empty.set()
                     try:
-                        r = cb(msg)
-                        if is_coro or (r is not None and inspect.isawaitable(r)):
-                            await r
+                        if is_coro:
+                            await cb(msg)
+                        else:
+                            r = cb(msg)
+                            if r is not None and isawaitable(r):
+                                await r
                     except asyncio.CancelledError:
                         raise
                     except Exception as e:  # the callback's own failure: report it, keep going
@@ -342,6 +356,18 @@ class _Connection:
         self.closed = self.loop.create_future()
 
     # -- transport events
+    def on_msg(self, sid: int, subject: str, payload: bytes, headers: dict[str, str] | None,
+               reply_to: str | None) -> None:
+        """A MSG frame, from the transport's fast path (fields, no frame object)."""
+        self.rx = True
+        client = self.client
+        sub = client._subs.get(sid)
+        if sub is None:
+            return  # unknown sid: messages already queued when it was unsubscribed
+        if reply_to is not None and reply_to.startswith(INBOX):
+            client._grant_reply(reply_to, self)
+        sub._push(Msg(subject, payload, headers, reply_to, sid, client, self), self)
+
     def on_frame(self, f: P.Frame) -> None:
         self.rx = True
         t = type(f)
@@ -973,14 +999,18 @@ class Client:
             return  # unknown sid: messages already queued when it was unsubscribed
         reply = f.reply_to
         if reply is not None and reply.startswith(INBOX):
-            routes = self._routes
-            if reply not in routes:
-                if len(routes) >= MAX_REPLY_ROUTES:
-                    old = next(iter(routes))
-                    routes.pop(old).grants -= 1
-                routes[reply] = conn
-                conn.grants += 1
+            self._grant_reply(reply, conn)
         sub._push(Msg(f.subject, f.payload, f.headers, reply, f.sid, self, conn), conn)
+
+    def _grant_reply(self, reply: str, conn: _Connection) -> None:
+        """A request arrived on ``conn``: its reply to the gateway inbox ``reply`` goes out there."""
+        routes = self._routes
+        if reply not in routes:
+            if len(routes) >= MAX_REPLY_ROUTES:
+                old = next(iter(routes))
+                routes.pop(old).grants -= 1
+            routes[reply] = conn
+            conn.grants += 1
 
     # ------------------------------------------------------------------ API
     async def publish(self, subject: str, data: Data = b"", headers: dict[str, str] | None = None,

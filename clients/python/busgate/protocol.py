@@ -451,9 +451,74 @@ def _build(items: list, sender: str) -> Frame:
     return frame
 
 
+_unpackb = msgpack.unpackb
+_MSG_ARRAY_HEADERS = (0x94, 0x95, 0x96)  # fixarray of 4, 5 or 6 items
+_HEADERS_SEEN: set[tuple] = set()  # header maps (as tuples of pairs) already found valid
+_HEADERS_SEEN_MAX = 1024
+
+
+def _msg_fields(body: bytes) -> tuple | None:
+    """Fast path for the hot frame: the fields ``(sid, subject, payload, headers, reply_to)`` of a
+    gateway MSG body of 4 to 6 items that passes every check of section 3.4, or None for anything
+    else: the caller then uses the generic path (:func:`decode`), which decides and raises.
+
+    Accepts a subset of what the generic path accepts, with the same result. The body is unpacked
+    by msgpack in C with maps as tuples of (key, value) pairs; the headers map is valid when it
+    equals one already validated (only a tuple of exactly the same str pairs can compare equal to
+    one), else it is checked here like ``_pairs`` and ``_typed`` would: str keys, no duplicate key,
+    str values. Ext values, non-str keys, trailing bytes and invalid UTF-8 fail the type checks or
+    the unpacker, and go to the generic path."""
+    if len(body) < 5 or body[1] != MSG or body[0] not in _MSG_ARRAY_HEADERS:
+        return None
+    try:
+        items = _unpackb(body, object_pairs_hook=tuple)
+    except Exception:
+        return None
+    sid = items[1]
+    subject = items[2]
+    payload = items[3]
+    n = len(items)
+    reply_to = items[5] if n > 5 else None
+    if type(sid) is not int or not 0 <= sid <= UINT32_MAX or type(subject) is not str \
+            or type(payload) is not bytes or (reply_to is not None and type(reply_to) is not str):
+        return None
+    hp = items[4] if n > 4 else None
+    if hp is None or hp == ():  # absent, nil or {}: no headers
+        return sid, subject, payload, None, reply_to
+    if type(hp) is not tuple:
+        return None
+    headers = dict(hp)
+    try:
+        seen = hp in _HEADERS_SEEN
+    except TypeError:  # an unhashable value (array): not a valid header map
+        return None
+    if not seen:
+        if len(headers) != len(hp):
+            return None
+        for k, v in hp:
+            if type(k) is not str or type(v) is not str:
+                return None
+        if len(body) - len(payload) <= 512:  # remember small maps only: at most about 1 MiB in all
+            if len(_HEADERS_SEEN) >= _HEADERS_SEEN_MAX:
+                _HEADERS_SEEN.clear()
+            _HEADERS_SEEN.add(hp)
+    return sid, subject, payload, headers, reply_to
+
+
 def decode(body: bytes, sender: str = GATEWAY) -> Frame:
     """Decode one msgpack body (no length prefix) sent by ``sender`` (CLIENT or GATEWAY).
     Raises the typed error of the first failed check of section 3.4."""
+    if not body:
+        raise _malformed("empty frame")
+    if sender == GATEWAY:
+        fields = _msg_fields(body)
+        if fields is not None:
+            return Msg(*fields)
+    return _decode_generic(body, sender)
+
+
+def _decode_generic(body: bytes, sender: str) -> Frame:
+    """:func:`decode` without the MSG fast path (for callers that tried :func:`_msg_fields`)."""
     if not body:
         raise _malformed("empty frame")
     try:
@@ -464,7 +529,7 @@ def decode(body: bytes, sender: str = GATEWAY) -> Frame:
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise _malformed(f"the body is not one well-formed msgpack value: {e}") from None
     if sender == GATEWAY and type(items) is list and items and items[0] == MSG:
-        # Fast path for the hot frame; anything unusual goes through the generic checks of _build.
+        # Non-canonical MSG bodies; anything unusual goes through the generic checks of _build.
         n = len(items)
         if 4 <= n <= 6:
             sid, subject, payload = items[1], items[2], items[3]
@@ -604,6 +669,33 @@ class StreamParser:
         else:
             self._pos = end
         return body
+
+    def _unread(self, limit: int) -> bytes:
+        """A copy of up to ``limit`` bytes not yet returned, more if the first frame is longer (for a
+        reader that walks the frames itself, then calls :meth:`_consume` with how many it used)."""
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos >= 4:
+            first = 4 + int.from_bytes(buf[pos:pos + 4], "big")
+            if first > limit:
+                limit = first
+        with memoryview(buf) as mv:
+            return bytes(mv[pos:pos + limit])
+
+    def _consume(self, n: int) -> None:
+        """Mark ``n`` more bytes as returned (whole frames, walked over from :meth:`_unread`)."""
+        if not n:
+            return
+        buf = self._buf
+        end = self._pos + n
+        if end >= len(buf):
+            buf.clear()
+            self._pos = 0
+        elif end > 262144:
+            del buf[:end]
+            self._pos = 0
+        else:
+            self._pos = end
 
     def __iter__(self) -> Iterator[bytes]:
         while (body := self.next_body()) is not None:

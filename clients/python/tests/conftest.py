@@ -26,6 +26,10 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 PYDIR = ROOT / "clients" / "python"
 EXAMPLES = PYDIR / "examples"
+# Test the package in this tree, not whatever checkout an editable install elsewhere points to (the
+# subprocesses get the same through PYTHONPATH, see below).
+if str(PYDIR) not in sys.path:
+    sys.path.insert(0, str(PYDIR))
 _BIN_ENV = os.environ.get("BUSGATE_BIN")
 SOURCE_BINARY = pathlib.Path(_BIN_ENV).resolve() if _BIN_ENV else ROOT / "build" / "bin" / "busgate"
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
