@@ -538,8 +538,7 @@ void Session::deliver(SubState& sub, const BusMessagePtr& m) {
 
 void Session::stall_producer_locked(std::unique_lock<std::mutex>& lk) {
   const size_t high = max_pending_ / 2;
-  auto pending = [this] { return out_buf_.size() + write_buf_.size() - write_off_; };
-  if (stall_spent_ || pending() <= high) return;
+  if (stall_spent_ || pending_locked() <= high) return;
   // Never on this session's own thread: its writes complete there.
   const void* own = &boost::asio::query(ex_, boost::asio::execution::context);
   if (own == current_io_context()) {
@@ -560,7 +559,7 @@ void Session::stall_producer_locked(std::unique_lock<std::mutex>& lk) {
   peer_acked_more_locked();  // the mark to compare with after the wait
   ++stall_waiters_;
   const bool drained = drained_cv_.wait_for(lk, kProducerStall, [&] {
-    return closing_ || slow_ || state_.load() == State::closed || pending() <= high;
+    return closing_ || slow_ || state_.load() == State::closed || pending_locked() <= high;
   });
   --stall_waiters_;
   if (!drained && writes_done_ == writes_before && !peer_acked_more_locked()) count_idle_stall_locked();
@@ -581,7 +580,7 @@ void Session::count_idle_stall_locked() {
 }
 
 bool Session::admit_locked(size_t extra) {
-  const size_t pending = out_buf_.size() + write_buf_.size() - write_off_ + extra;
+  const size_t pending = pending_locked() + extra;
   if (pending > max_pending_) {
     if (!slow_) {
       slow_ = true;
@@ -661,6 +660,11 @@ void Session::resume_paced() {
   if (transport_) transport_->resume_read();
 }
 
+void Session::resume_publishers(const std::vector<std::weak_ptr<Session>>& publishers) {
+  for (const auto& w : publishers)
+    if (auto pub = w.lock()) asio::post(pub->ex_, [pub] { pub->resume_paced(); });
+}
+
 void Session::note_idle_stall() {
   std::lock_guard lk(out_mu_);
   if (!peer_acked_more_locked()) count_idle_stall_locked();
@@ -719,11 +723,9 @@ void Session::on_write(bool ok) {
     ++writes_done_;
     idle_stalls_ = 0;
     if (stall_waiters_ > 0) drained_cv_.notify_all();
-    if (!paced_publishers_.empty() && out_buf_.size() + write_buf_.size() - write_off_ <= max_pending_ / 2)
-      resume.swap(paced_publishers_);
+    if (!paced_publishers_.empty() && pending_locked() <= max_pending_ / 2) resume.swap(paced_publishers_);
   }
-  for (auto& w : resume)
-    if (auto pub = w.lock()) asio::post(pub->ex_, [pub] { pub->resume_paced(); });
+  resume_publishers(resume);
   if (!ok) return close_transport();
   flush();
 }
@@ -780,8 +782,7 @@ void Session::cleanup() {
     std::lock_guard lk(out_mu_);
     resume.swap(paced_publishers_);
   }
-  for (auto& w : resume)
-    if (auto pub = w.lock()) asio::post(pub->ex_, [pub] { pub->resume_paced(); });
+  resume_publishers(resume);
   handshake_timer_.cancel();
   heartbeat_timer_.cancel();
   drain_timer_.cancel();
@@ -908,7 +909,7 @@ Session::Info Session::info() const {
   i.bytes_in = bytes_in_.load();
   i.bytes_out = bytes_out_.load();
   std::lock_guard lk(out_mu_);
-  i.pending_bytes = out_buf_.size() + write_buf_.size() - write_off_;
+  i.pending_bytes = pending_locked();
   return i;
 }
 

@@ -100,6 +100,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void note_idle_stall();   // consumer side: a paced publisher waited 10 ms for nothing
   void count_idle_stall_locked();  // a wait without progress; gives up on this consumer after a few
   bool peer_acked_more_locked();   // the peer acknowledged bytes since the last look
+  static void resume_publishers(const std::vector<std::weak_ptr<Session>>& publishers);
+  // Bytes queued toward the client and not yet written. Caller holds out_mu_.
+  size_t pending_locked() const { return out_buf_.size() + write_buf_.size() - write_off_; }
   void schedule_flush_locked();
   void flush();
   void on_write(bool ok);
