@@ -157,7 +157,6 @@ struct NatsLink::Impl {
   asio::io_context io{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   std::thread thread;
-  std::thread::id thread_id;
 
   // ---- link thread only ----
   std::unique_ptr<ssl::context> tls_ctx;
@@ -185,7 +184,7 @@ struct NatsLink::Impl {
 
   // ---- shared, under mu ----
   std::mutex mu;
-  std::condition_variable cv;
+  std::condition_variable cv;  // start() waits on it for the first attempt's outcome
   bool up = false;
   bool first_attempt_done = false;
   int fd = -1;  // the plain socket's descriptor while up (callers may write to it directly), else -1
@@ -646,7 +645,6 @@ struct NatsLink::Impl {
             std::string().swap(wbuf);
             std::string().swap(out);
           }
-          cv.notify_all();
         }
         for (auto& f : released) f();
         start_write();
@@ -770,7 +768,6 @@ bool NatsLink::start(std::chrono::milliseconds wait) {
   Impl& i = *impl_;
   i.work.emplace(i.io.get_executor());
   i.thread = std::thread([&i] { i.io.run(); });
-  i.thread_id = i.thread.get_id();
   asio::post(i.io, [&i] { i.connect_next(); });
   std::unique_lock lk(i.mu);
   i.cv.wait_for(lk, wait, [&] { return i.first_attempt_done; });
