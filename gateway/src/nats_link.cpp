@@ -140,6 +140,20 @@ void encode_pub(std::string& out, std::string_view subject, std::string_view rep
   out.append("\r\n"sv);
 }
 
+void append_sub(std::string& out, std::string_view subject, std::string_view queue, uint64_t sid) {
+  out.append("SUB "sv).append(subject).push_back(' ');
+  if (!queue.empty()) out.append(queue).push_back(' ');
+  append_num(out, sid);
+  out.append("\r\n"sv);
+}
+
+// The text of a "-ERR 'message'" line.
+std::string_view err_text(std::string_view line) {
+  line.remove_prefix(std::min<size_t>(4, line.size()));
+  while (!line.empty() && line.front() == ' ') line.remove_prefix(1);
+  return line;
+}
+
 bool is_ip(const std::string& host) {
   error_code ec;
   asio::ip::make_address(host, ec);
@@ -172,6 +186,7 @@ struct NatsLink::Impl {
   uint64_t gen = 0;  // bumped when a connection ends; handlers of older connections do nothing
   std::string hs;    // handshake reads
   std::string nonce;
+  bool server_tls_required = false;  // from the server's INFO
   std::vector<char> rbuf;
   size_t rbeg = 0, rend = 0;
   int pings_out = 0;
@@ -271,7 +286,21 @@ struct NatsLink::Impl {
     });
   }
 
-  void apply_info(const nlohmann::json& info) {
+  // Applies an INFO's JSON (the first one, or one the server sends later). False when malformed.
+  bool apply_info(std::string_view text, std::string* why = nullptr) {
+    nlohmann::json info;
+    try {
+      info = nlohmann::json::parse(text);
+    } catch (const std::exception& e) {
+      if (why) *why = e.what();
+      return false;
+    }
+    if (!info.is_object()) {
+      if (why) *why = "not a JSON object";
+      return false;
+    }
+    const auto tls_it = info.find("tls_required");
+    server_tls_required = tls_it != info.end() && tls_it->is_boolean() && tls_it->get<bool>();
     if (auto it = info.find("max_payload"); it != info.end() && it->is_number_integer())
       max_payload.store(it->get<int64_t>());
     if (auto it = info.find("nonce"); it != info.end() && it->is_string()) nonce = it->get<std::string>();
@@ -292,21 +321,15 @@ struct NatsLink::Impl {
         }
       }
     }
+    return true;
   }
 
   void on_info(uint64_t g, size_t n) {
     const std::string line = hs.substr(0, n - 2);
     hs.erase(0, n);
     if (!line.starts_with("INFO ")) return fail(g, "the server did not start with INFO (not a NATS server?)");
-    bool server_tls = false;
-    try {
-      const auto info = nlohmann::json::parse(line.substr(5));
-      apply_info(info);
-      server_tls = info.value("tls_required", false);
-    } catch (const std::exception& e) {
-      return fail(g, std::string("malformed INFO: ") + e.what());
-    }
-    const bool use_tls = current.tls || server_tls || !opt.tls_ca.empty() || !opt.tls_cert.empty();
+    if (std::string why; !apply_info(std::string_view(line).substr(5), &why)) return fail(g, "malformed INFO: " + why);
+    const bool use_tls = current.tls || server_tls_required || !opt.tls_ca.empty() || !opt.tls_cert.empty();
     phase = use_tls ? "no TLS handshake" : "no answer to CONNECT";
     if (!use_tls) return send_connect(g, false);
     if (!tls_ctx) {
@@ -371,15 +394,9 @@ struct NatsLink::Impl {
         if (line == "PONG") return on_ready(g);
         if (line.starts_with("-ERR")) {
           refused = true;
-          const auto b = line.find_first_not_of(' ', 4);
-          return fail(g, "the server refused the connection: " + (b == std::string::npos ? line : line.substr(b)));
+          return fail(g, "the server refused the connection: " + std::string(err_text(line)));
         }
-        if (line.starts_with("INFO ")) {
-          try {
-            apply_info(nlohmann::json::parse(line.substr(5)));
-          } catch (const std::exception&) {
-          }
-        }
+        if (line.starts_with("INFO ")) apply_info(std::string_view(line).substr(5));  // malformed: ignored
         read_handshake_line(g);  // +OK, PING, INFO
       });
     });
@@ -398,12 +415,7 @@ struct NatsLink::Impl {
     {
       std::lock_guard lk(mu);
       std::string pre;
-      for (const auto& [sid, sq] : subs) {
-        pre += "SUB " + sq.first + " ";
-        if (!sq.second.empty()) pre += sq.second + " ";
-        append_num(pre, sid);
-        pre += "\r\n";
-      }
+      for (const auto& [sid, sq] : subs) append_sub(pre, sq.first, sq.second, sid);
       out.insert(0, pre);  // what was queued but never written follows the subscriptions
       up = true;
       up_flag.store(true);
@@ -592,12 +604,9 @@ struct NatsLink::Impl {
         }
         if (fn) fn(true);
       } else if (line.starts_with("INFO ")) {
-        try {
-          apply_info(nlohmann::json::parse(line.substr(5)));
-        } catch (const std::exception&) {
-        }
+        apply_info(line.substr(5));  // a malformed update is ignored
       } else if (line.starts_with("-ERR")) {
-        spdlog::warn("nats: the server reports: {}", line.substr(std::min<size_t>(5, line.size())));
+        spdlog::warn("nats: the server reports: {}", err_text(line));
       } else if (line.starts_with("+OK")) {
       } else {
         fail(g, "unexpected line from the server: " + std::string(line.substr(0, 64)));
@@ -703,10 +712,7 @@ struct NatsLink::Impl {
     std::lock_guard lk(mu);
     subs[sid] = {std::string(subject), std::string(queue)};
     if (!up) return;  // sent on connect
-    out.append("SUB ").append(subject).append(" ");
-    if (!queue.empty()) out.append(queue).append(" ");
-    append_num(out, sid);
-    out.append("\r\n");
+    append_sub(out, subject, queue, sid);
     kick_locked();
   }
 
