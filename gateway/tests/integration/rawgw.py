@@ -163,6 +163,34 @@ class RawClient:
             pass
 
 
+def burst_to_slow_reader(pub: RawClient, reader: RawClient, subject: str, n: int, payload: bytes):
+    """Producer flow control, as a user sees it: `pub` sends n PUBs of `payload` on `subject` in one
+    write (no pacing: as fast as the socket takes them) while `reader`, subscribed to it, reads about
+    4 messages per 2 ms, slower than the burst. Returns the payload sizes the reader got and the ERR
+    codes (or the exception) it met."""
+    got, errors = [], []
+
+    def read():
+        try:
+            while len(got) < n:
+                f = reader.recv(timeout=10)
+                if f[0] == MSG:
+                    got.append(len(f[3]))
+                    if len(got) % 4 == 0:
+                        time.sleep(0.002)
+                elif f[0] == ERR:
+                    errors.append(f[1])
+        except (Closed, TimeoutError) as e:
+            errors.append(repr(e))
+
+    t = threading.Thread(target=read)
+    t.start()
+    pub.send_raw(b"".join(frame(PUB, subject, payload) for _ in range(n)))
+    pub.flush(timeout=30)
+    t.join(60)
+    return got, errors
+
+
 class Gateway:
     def __init__(self, config: str | None = None, extra_args=(), env=None):
         self.tmp = tempfile.TemporaryDirectory()

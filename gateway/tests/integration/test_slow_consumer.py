@@ -3,7 +3,7 @@ a healthy consumer of the same messages."""
 import threading
 import time
 
-from rawgw import ERR, MSG, PUB, Closed, E, RawClient, frame
+from rawgw import ERR, MSG, Closed, E, RawClient, burst_to_slow_reader
 
 CONFIG = """
 limits: {max_pending_bytes: 4194304}
@@ -73,27 +73,8 @@ tenants: [{name: demo, tokens: [dev-token-1]}]
         reader = clients(g.client("dev-token-1"))
         reader.sub(1, "burst")
         pub = clients(g.client("dev-token-1"))
-        n, payload = 600, b"y" * 32768
-        got, errors = [], []
-
-        def read():
-            try:
-                while len(got) < n:
-                    f = reader.recv(timeout=10)
-                    if f[0] == MSG:
-                        got.append(len(f[3]))
-                        if len(got) % 4 == 0:
-                            time.sleep(0.002)  # slower than the publisher
-                    elif f[0] == ERR:
-                        errors.append(f[1])
-            except (Closed, TimeoutError) as e:
-                errors.append(repr(e))
-
-        t = threading.Thread(target=read)
-        t.start()
-        pub.send_raw(b"".join(frame(PUB, "burst", payload) for _ in range(n)))
-        pub.flush(timeout=30)
-        t.join(60)
+        n = 600
+        got, errors = burst_to_slow_reader(pub, reader, "burst", n, b"y" * 32768)  # ~20 MB
         assert E["SLOW_CONSUMER"] not in errors, errors
         assert len(got) == n, (len(got), errors)
         reader.close()

@@ -6,7 +6,7 @@ import time
 import nats as natspy
 
 from natsfix import free_port, gateway_config
-from rawgw import ERR, MSG, OK, PING, PONG, PUB, REQ, RES, SUB, E, frame
+from rawgw import ERR, MSG, OK, PING, PONG, PUB, REQ, RES, SUB, E, burst_to_slow_reader, frame
 
 
 def test_pubsub_and_requests_over_nats(nats, start_gateway, clients):
@@ -341,28 +341,8 @@ def test_burst_is_paced_to_a_consumer_that_reads(nats, start_gateway, clients):
     reader = clients(g.client())
     reader.sub(1, "burst")
     pub = clients(g.client())
-    n = 600
-    payload = b"y" * 32768  # ~20 MB
-    got, errors = [], []
-
-    def read():
-        try:
-            while len(got) < n:
-                f = reader.recv(timeout=10)
-                if f[0] == MSG:
-                    got.append(len(f[3]))
-                    if len(got) % 4 == 0:
-                        time.sleep(0.002)  # slower than the publisher: ~60 MB/s at most
-                elif f[0] == ERR:
-                    errors.append(f[1])
-        except Exception as e:  # noqa: BLE001 (Closed or a timeout: reported below)
-            errors.append(repr(e))
-
-    t = threading.Thread(target=read)
-    t.start()
-    pub.send_raw(b"".join(frame(PUB, "burst", payload) for _ in range(n)))  # at once, no pacing
-    pub.flush(timeout=30)
-    t.join(60)
+    n, payload = 600, b"y" * 32768  # ~20 MB
+    got, errors = burst_to_slow_reader(pub, reader, "burst", n, payload)
     assert E["SLOW_CONSUMER"] not in errors, errors
     assert len(got) == n and set(got) == {len(payload)}, (len(got), errors)
     paces = [line for line in g.http_get("/metrics")[1].splitlines() if line.startswith("busgate_producer_paces_total ")]
