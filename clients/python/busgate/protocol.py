@@ -658,16 +658,8 @@ class StreamParser:
             raise E.FrameTooLarge(f"length prefix {n} is above the maximum frame size {self.max_frame}")
         if avail < 4 + n:
             return None
-        end = pos + 4 + n
-        body = bytes(buf[pos + 4:end])
-        if end == len(buf):
-            buf.clear()
-            self._pos = 0
-        elif end > 262144:
-            del buf[:end]
-            self._pos = 0
-        else:
-            self._pos = end
+        body = bytes(buf[pos + 4:pos + 4 + n])
+        self._consume(4 + n)
         return body
 
     def _unread(self, limit: int) -> bytes:
