@@ -549,12 +549,16 @@ func TestFlushAndHeartbeat(t *testing.T) {
 }
 
 func TestDeadGatewayDetected(t *testing.T) {
-	// A gateway that stops answering (SIGSTOP) is detected by the client's heartbeat, which then
-	// reconnects (section 13).
+	checkDeadGatewayDetected(t, func(g *gateway) string { return g.url })
+}
+
+// checkDeadGatewayDetected: a gateway that stops answering (SIGSTOP) is detected by the client's
+// heartbeat, which then reconnects (section 13); urlOf picks the transport.
+func checkDeadGatewayDetected(t *testing.T, urlOf func(*gateway) string) {
 	g := startGateway(t, "timeouts: {heartbeat_ms: 100, min_heartbeat_ms: 50}\n"+
 		"tenants: [{name: demo, tokens: [dev-token]}]\n")
 	disconnected := make(chan error, 1)
-	c := connect(t, g.url, Heartbeat(100*time.Millisecond),
+	c := connect(t, urlOf(g), Heartbeat(100*time.Millisecond),
 		DisconnectErrHandler(func(_ *Conn, err error) { disconnected <- err }))
 	_ = g.cmd.Process.Signal(syscall.SIGSTOP)
 	t.Cleanup(func() { _ = g.cmd.Process.Signal(syscall.SIGCONT) })

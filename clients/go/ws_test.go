@@ -403,21 +403,7 @@ func TestMutualTLS(t *testing.T) {
 	}
 }
 
-func TestWebSocketDeadGatewayDetected(t *testing.T) {
-	g := startGateway(t, "timeouts: {heartbeat_ms: 100, min_heartbeat_ms: 50}\n"+
-		"tenants: [{name: demo, tokens: [dev-token]}]\n")
-	disconnected := make(chan error, 1)
-	c := connect(t, wsURLOf(g), Heartbeat(100*time.Millisecond),
-		DisconnectErrHandler(func(_ *Conn, err error) { disconnected <- err }))
-	_ = g.cmd.Process.Signal(syscall.SIGSTOP)
-	t.Cleanup(func() { _ = g.cmd.Process.Signal(syscall.SIGCONT) })
-	if err := recv(t, (<-chan error)(disconnected), "stale connection"); !errors.Is(err, ErrStaleConnection) {
-		t.Fatalf("disconnect reason %v", err)
-	}
-	if c.Status() != StatusReconnecting {
-		t.Fatalf("status %v", c.Status())
-	}
-}
+func TestWebSocketDeadGatewayDetected(t *testing.T) { checkDeadGatewayDetected(t, wsURLOf) }
 
 // TestWebSocketCloseUnresponsive checks that Close does not wait long for the close handshake with
 // a gateway that does not answer.
