@@ -447,6 +447,12 @@ func TestLocalValidation(t *testing.T) {
 }
 
 func TestGatewayErrors(t *testing.T) {
+	checkGatewayErrors(t, func(g *gateway) string { return g.url })
+}
+
+// checkGatewayErrors: the gateway's non-fatal errors reach the caller that waits (PUB with ack, SUB,
+// REQ) or the error handler (PUB without ack), and the connection stays up; urlOf picks the transport.
+func checkGatewayErrors(t *testing.T, urlOf func(*gateway) string) {
 	g := startGateway(t, `
 tenants:
   - name: demo
@@ -458,7 +464,7 @@ tenants:
     limits: {max_subscriptions: 2}
 `)
 	asyncErrs := make(chan error, 10)
-	c := connect(t, g.url, ErrorHandler(func(_ *Conn, _ *Subscription, err error) { asyncErrs <- err }))
+	c := connect(t, urlOf(g), ErrorHandler(func(_ *Conn, _ *Subscription, err error) { asyncErrs <- err }))
 	ctx := testCtx(t, 10*time.Second)
 
 	// PUB with ack: the gateway's answer comes back to the caller.
@@ -510,6 +516,9 @@ tenants:
 	}
 	if _, err := c.SubscribeSync("orders.3"); !errors.Is(err, ErrTooManySubscriptions) {
 		t.Fatalf("third subscription: %v", err)
+	}
+	if !c.IsConnected() {
+		t.Fatalf("status %v after non-fatal errors", c.Status())
 	}
 }
 

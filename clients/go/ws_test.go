@@ -128,45 +128,7 @@ func TestWebSocket(t *testing.T) {
 	}
 }
 
-func TestWebSocketGatewayErrors(t *testing.T) {
-	g := startGateway(t, `
-tenants:
-  - name: demo
-    tokens: [dev-token]
-    permissions:
-      publish: {allow: ["orders.>"]}
-      subscribe: {allow: ["orders.>"]}
-      request: ["svc.allowed"]
-`)
-	asyncErrs := make(chan error, 10)
-	c := connect(t, wsURLOf(g), ErrorHandler(func(_ *Conn, _ *Subscription, err error) { asyncErrs <- err }))
-	ctx := testCtx(t, 10*time.Second)
-	if err := c.PublishAck(ctx, "orders.new", []byte("x")); err != nil {
-		t.Fatalf("allowed publish: %v", err)
-	}
-	if err := c.PublishAck(ctx, "billing.x", nil); !errors.Is(err, ErrPermissionDenied) {
-		t.Fatalf("denied publish with ack: %v", err)
-	}
-	if err := c.Publish("billing.y", nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := recv(t, (<-chan error)(asyncErrs), "async error"); !errors.Is(err, ErrPermissionDenied) {
-		t.Fatalf("async error: %v", err)
-	}
-	s, err := c.SubscribeSync("billing.>")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Ready(ctx); !errors.Is(err, ErrPermissionDenied) {
-		t.Fatalf("denied subscribe: %v", err)
-	}
-	if _, err := c.Request(ctx, "svc.other", nil); !errors.Is(err, ErrPermissionDenied) {
-		t.Fatalf("denied request: %v", err)
-	}
-	if !c.IsConnected() {
-		t.Fatalf("status %v after non-fatal errors", c.Status())
-	}
-}
+func TestWebSocketGatewayErrors(t *testing.T) { checkGatewayErrors(t, wsURLOf) }
 
 func TestWebSocketHeartbeat(t *testing.T) {
 	g := startGateway(t, "timeouts: {heartbeat_ms: 200, min_heartbeat_ms: 50}\n"+
