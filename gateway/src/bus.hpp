@@ -14,6 +14,8 @@
 
 namespace busgate::gw {
 
+class DurableBus;
+
 // One message on the bus. Shared, immutable once published: a fan-out to N subscribers shares it.
 // Its four parts live in one buffer (one allocation besides the object), each followed by a NUL so
 // they can be handed to C APIs.
@@ -101,6 +103,8 @@ class Bus {
   virtual bool congested() const { return false; }
   virtual void when_drained(std::function<void()> fn) { fn(); }
   virtual BusStats stats() const = 0;
+  // Durable work queues (durable.hpp); nullptr when this bus has none.
+  virtual DurableBus* durable() { return nullptr; }
 };
 
 }  // namespace busgate::gw

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "busgate/protocol/subject.hpp"
+#include "tenancy.hpp"
 
 namespace busgate::gw {
 namespace {
@@ -88,8 +89,134 @@ void check_import_pattern(const std::string& p, const std::string& key) {
     fail(key, "'" + p + "' may only use a trailing '>' wildcard");
 }
 
+bool name_chars(const std::string& s, bool underscore) {
+  return !s.empty() && s.size() <= 64 && std::all_of(s.begin(), s.end(), [&](char c) {
+           return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || (underscore && c == '_');
+         });
+}
+
+void parse_settings(const YAML::Node& n, const std::string& k, ConsumerSettings& s) {
+  if (n["ack_wait_ms"]) s.ack_wait_ms = get_num<uint64_t>(n["ack_wait_ms"], k + ".ack_wait_ms", 100, 86400000ULL * 7);
+  if (n["max_deliveries"]) s.max_deliveries = get_num<uint32_t>(n["max_deliveries"], k + ".max_deliveries", 1, 1000000);
+  if (n["backoff_ms"]) {
+    const auto b = n["backoff_ms"];
+    if (!b.IsSequence()) fail(k + ".backoff_ms", "must be a list of milliseconds");
+    s.backoff_ms.clear();
+    for (size_t i = 0; i < b.size(); ++i)
+      s.backoff_ms.push_back(get_num<uint64_t>(b[i], k + ".backoff_ms[" + std::to_string(i) + "]", 0, 86400000ULL * 7));
+  }
+}
+
+// streams, consumers and consumer_defaults of one tenant, with the rules of docs/configuration.md.
+void parse_durable(const YAML::Node& n, const std::string& key, TenantConfig& t) {
+  if (const auto d = n["consumer_defaults"]) {
+    only_keys(d, key + ".consumer_defaults", {"ack_wait_ms", "max_deliveries", "backoff_ms"});
+    parse_settings(d, key + ".consumer_defaults", t.consumer_defaults);
+  }
+  if (const auto ss = n["streams"]) {
+    if (!ss.IsSequence()) fail(key + ".streams", "must be a list");
+    if (!name_chars(t.name, true))
+      fail(key + ".name", "a tenant with streams needs a name of letters, digits, '-' and '_'");
+    for (size_t i = 0; i < ss.size(); ++i) {
+      const std::string k = key + ".streams[" + std::to_string(i) + "]";
+      const auto& s = ss[i];
+      only_keys(s, k, {"name", "subjects", "retention", "storage", "replicas", "max_age_ms", "max_bytes", "max_msgs",
+                       "duplicate_window_ms"});
+      StreamConfig sc;
+      if (!s["name"]) fail(k + ".name", "is required");
+      sc.name = get_str(s["name"], k + ".name");
+      if (!name_chars(sc.name, false)) fail(k + ".name", "must be 1 to 64 letters, digits and '-'");
+      for (const auto& o : t.streams)
+        if (o.name == sc.name) fail(k + ".name", "duplicate stream name '" + sc.name + "'");
+      if (!s["subjects"]) fail(k + ".subjects", "is required");
+      sc.subjects = get_str_list(s["subjects"], k + ".subjects");
+      if (sc.subjects.empty()) fail(k + ".subjects", "needs at least one subject");
+      for (size_t j = 0; j < sc.subjects.size(); ++j) {
+        const std::string sk = k + ".subjects[" + std::to_string(j) + "]";
+        check_pattern(sc.subjects[j], sk);
+        if (proto::is_reserved_subject(sc.subjects[j]) || sc.subjects[j].starts_with("_INBOX."))
+          fail(sk, "'" + sc.subjects[j] + "' is reserved");
+        for (const auto& o : t.streams)
+          for (const auto& os : o.subjects)
+            if (patterns_overlap(os, sc.subjects[j]))
+              fail(sk, "'" + sc.subjects[j] + "' overlaps '" + os + "' of stream '" + o.name + "'");
+        for (size_t m = 0; m < j; ++m)
+          if (patterns_overlap(sc.subjects[m], sc.subjects[j]))
+            fail(sk, "'" + sc.subjects[j] + "' overlaps '" + sc.subjects[m] + "'");
+      }
+      if (s["retention"]) {
+        const auto r = get_str(s["retention"], k + ".retention");
+        if (r == "workqueue") sc.workqueue = true;
+        else if (r == "limits") sc.workqueue = false;
+        else fail(k + ".retention", "must be 'workqueue' or 'limits'");
+      }
+      if (s["storage"]) {
+        const auto r = get_str(s["storage"], k + ".storage");
+        if (r == "file") sc.file_storage = true;
+        else if (r == "memory") sc.file_storage = false;
+        else fail(k + ".storage", "must be 'file' or 'memory'");
+      }
+      if (s["replicas"]) sc.replicas = get_num<uint32_t>(s["replicas"], k + ".replicas", 1, 5);
+      if (s["max_age_ms"]) sc.max_age_ms = get_num<uint64_t>(s["max_age_ms"], k + ".max_age_ms", 0, 1ULL << 50);
+      if (s["max_bytes"]) sc.max_bytes = get_num<uint64_t>(s["max_bytes"], k + ".max_bytes", 0, 1ULL << 50);
+      if (s["max_msgs"]) sc.max_msgs = get_num<uint64_t>(s["max_msgs"], k + ".max_msgs", 0, 1ULL << 50);
+      if (s["duplicate_window_ms"])
+        sc.duplicate_window_ms = get_num<uint64_t>(s["duplicate_window_ms"], k + ".duplicate_window_ms", 0, 86400000ULL);
+      t.streams.push_back(std::move(sc));
+    }
+  }
+  if (const auto cs = n["consumers"]) {
+    if (!cs.IsSequence()) fail(key + ".consumers", "must be a list");
+    for (size_t i = 0; i < cs.size(); ++i) {
+      const std::string k = key + ".consumers[" + std::to_string(i) + "]";
+      const auto& c = cs[i];
+      only_keys(c, k, {"name", "stream", "subject", "max_inflight", "ack_wait_ms", "max_deliveries", "backoff_ms",
+                       "dead_letter"});
+      ConsumerConfig cc;
+      if (!c["name"]) fail(k + ".name", "is required");
+      cc.name = get_str(c["name"], k + ".name");
+      if (!name_chars(cc.name, true)) fail(k + ".name", "must be 1 to 64 letters, digits, '-' and '_'");
+      for (const auto& o : t.consumers)
+        if (o.name == cc.name) fail(k + ".name", "duplicate consumer name '" + cc.name + "'");
+      if (!c["stream"]) fail(k + ".stream", "is required");
+      cc.stream = get_str(c["stream"], k + ".stream");
+      const StreamConfig* st = nullptr;
+      for (const auto& s : t.streams)
+        if (s.name == cc.stream) st = &s;
+      if (!st) fail(k + ".stream", "no stream '" + cc.stream + "' in this tenant");
+      if (c["subject"]) {
+        cc.subject = get_str(c["subject"], k + ".subject");
+        check_pattern(cc.subject, k + ".subject");
+      } else if (st->subjects.size() == 1) {
+        cc.subject = st->subjects[0];
+      } else {
+        fail(k + ".subject", "is required when the stream has more than one subject");
+      }
+      if (std::none_of(st->subjects.begin(), st->subjects.end(),
+                       [&](const std::string& s) { return pattern_covers(s, cc.subject); }))
+        fail(k + ".subject", "'" + cc.subject + "' is not stored by stream '" + cc.stream + "'");
+      if (c["max_inflight"]) cc.max_inflight = get_num<uint32_t>(c["max_inflight"], k + ".max_inflight", 1, 1000000);
+      cc.settings = ConsumerSettings{};
+      parse_settings(c, k, cc.settings);
+      cc.dead_letter = c["dead_letter"] ? get_str(c["dead_letter"], k + ".dead_letter") : "deadletter." + cc.name;
+      if (proto::validate_subject(cc.dead_letter, false) != proto::Code::ok || proto::is_reserved_subject(cc.dead_letter))
+        fail(k + ".dead_letter", "'" + cc.dead_letter + "' is not a valid literal subject");
+      if (patterns_overlap(cc.subject, cc.dead_letter))
+        fail(k + ".dead_letter", "'" + cc.dead_letter + "' is matched by the consumer's own subject '" + cc.subject +
+                                     "': dead letters would come back to it");
+      if (st->workqueue)
+        for (const auto& o : t.consumers)
+          if (o.stream == cc.stream && patterns_overlap(o.subject, cc.subject))
+            fail(k + ".subject", "'" + cc.subject + "' overlaps consumer '" + o.name + "' ('" + o.subject +
+                                     "') on workqueue stream '" + cc.stream + "'");
+      t.consumers.push_back(std::move(cc));
+    }
+  }
+}
+
 TenantConfig parse_tenant(const YAML::Node& n, const std::string& key) {
-  only_keys(n, key, {"name", "tokens_sha256", "tokens", "prefix", "permissions", "imports", "limits"});
+  only_keys(n, key, {"name", "tokens_sha256", "tokens", "prefix", "permissions", "imports", "limits", "streams",
+                     "consumers", "consumer_defaults"});
   TenantConfig t;
   if (!n["name"]) fail(key + ".name", "is required");
   t.name = get_str(n["name"], key + ".name");
@@ -147,7 +274,7 @@ TenantConfig parse_tenant(const YAML::Node& n, const std::string& key) {
   if (const auto l = n["limits"]) {
     only_keys(l, key + ".limits",
               {"max_connections", "max_subscriptions", "max_payload", "publish_msgs_per_sec", "publish_bytes_per_sec",
-               "max_inflight_requests"});
+               "max_inflight_requests", "max_consumers", "max_consumer_inflight"});
     auto& lim = t.limits;
     const std::string k = key + ".limits.";
     if (l["max_connections"]) lim.max_connections = get_num<uint32_t>(l["max_connections"], k + "max_connections", 1, 10000000);
@@ -160,7 +287,11 @@ TenantConfig parse_tenant(const YAML::Node& n, const std::string& key) {
       lim.publish_bytes_per_sec = get_num<double>(l["publish_bytes_per_sec"], k + "publish_bytes_per_sec", 0, 1e12);
     if (l["max_inflight_requests"])
       lim.max_inflight_requests = get_num<uint32_t>(l["max_inflight_requests"], k + "max_inflight_requests", 1, 10000000);
+    if (l["max_consumers"]) lim.max_consumers = get_num<uint32_t>(l["max_consumers"], k + "max_consumers", 0, 100000);
+    if (l["max_consumer_inflight"])
+      lim.max_consumer_inflight = get_num<uint32_t>(l["max_consumer_inflight"], k + "max_consumer_inflight", 1, 1000000);
   }
+  parse_durable(n, key, t);
   return t;
 }
 
@@ -334,6 +465,23 @@ GatewayConfig dev_config() {
   demo.name = "demo";
   demo.prefix = "t.demo.";
   demo.token_sha256 = {sha256_hex(kDevToken)};
+  // A work queue to try durable consumption with (docs/protocol.md section 16): jobs.> is stored,
+  // consumer "workers" runs at most 15 at once, dead letters are kept under deadletter.>.
+  StreamConfig jobs;
+  jobs.name = "jobs";
+  jobs.subjects = {"jobs.>"};
+  StreamConfig dead;
+  dead.name = "dead";
+  dead.subjects = {"deadletter.>"};
+  dead.workqueue = false;
+  demo.streams = {jobs, dead};
+  ConsumerConfig workers;
+  workers.name = "workers";
+  workers.stream = "jobs";
+  workers.subject = "jobs.>";
+  workers.max_inflight = 15;
+  workers.dead_letter = "deadletter.workers";
+  demo.consumers = {workers};
   c.tenants.push_back(demo);
   c.admin_token_sha256 = sha256_hex(kDevAdminToken);
   return c;

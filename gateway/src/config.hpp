@@ -39,6 +39,36 @@ struct TenantLimits {
   double publish_msgs_per_sec = 0;      // 0 = unlimited
   double publish_bytes_per_sec = 0;     // 0 = unlimited
   uint32_t max_inflight_requests = 1000;  // concurrent REQs across the tenant's connections
+  uint32_t max_consumers = 10;            // durable consumers clients may create with SUB opts
+  uint32_t max_consumer_inflight = 100;   // ceiling (and default) of a client-created consumer's cap
+};
+
+// A stream of the tenant (docs/configuration.md "Streams and durable consumers").
+struct StreamConfig {
+  std::string name;
+  std::vector<std::string> subjects;  // tenant-relative patterns
+  bool workqueue = true;              // retention: workqueue | limits
+  bool file_storage = true;
+  uint32_t replicas = 1;
+  uint64_t max_age_ms = 0;  // 0 = unlimited
+  uint64_t max_bytes = 0;
+  uint64_t max_msgs = 0;
+  uint64_t duplicate_window_ms = 120000;
+};
+
+struct ConsumerSettings {
+  uint64_t ack_wait_ms = 30000;
+  uint32_t max_deliveries = 5;
+  std::vector<uint64_t> backoff_ms;
+};
+
+struct ConsumerConfig {
+  std::string name;
+  std::string stream;
+  std::string subject;      // tenant-relative filter
+  uint32_t max_inflight = 15;
+  ConsumerSettings settings;
+  std::string dead_letter;  // tenant-relative subject; default "deadletter.<name>"
 };
 
 struct TenantConfig {
@@ -48,6 +78,9 @@ struct TenantConfig {
   Permissions permissions;
   std::vector<Import> imports;
   TenantLimits limits;
+  std::vector<StreamConfig> streams;
+  std::vector<ConsumerConfig> consumers;
+  ConsumerSettings consumer_defaults;  // for consumers created by clients
 };
 
 struct BusConfig {

@@ -47,6 +47,12 @@ struct ConsumerSpec {
   std::string filter_client;         // the filter as the tenant sees it
   bool deliver_all = true;           // a new consumer starts with the first retained message
   bool declared = true;              // declared by the operator; false: created by a client's SUB
+  std::string tenant_prefix;         // the tenant's bus namespace ("t.acme.")
+
+  // A stored message's bus subject as the tenant sees it.
+  std::string_view client_subject(std::string_view bus_subject) const {
+    return bus_subject.starts_with(tenant_prefix) ? bus_subject.substr(tenant_prefix.size()) : bus_subject;
+  }
 
   // The redelivery delay after a NAK without an explicit delay, for the attempt that failed.
   uint64_t backoff_for(uint32_t attempt) const {
@@ -76,6 +82,9 @@ struct DurableWindow {
 class DurableSubscription {
  public:
   virtual ~DurableSubscription() = default;
+  // Deliveries begin only once start() is called (the session calls it right after it has sent
+  // the SUB's OK, so that MSG never precedes OK). Implementations may also start at once.
+  virtual void start() {}
   // Credit mode: allow n more deliveries (added to what is left).
   virtual void add_credit(uint64_t n) = 0;
   // false: the delivery id is not outstanding on this subscription (UNKNOWN_DELIVERY).
@@ -125,6 +134,16 @@ class DurableBus {
                                  std::shared_ptr<DurableSink> sink, DurableReadyFn ready) = 0;
   virtual std::vector<ConsumerStats> consumer_stats() = 0;
 };
+
+struct TenantConfig;
+struct ConsumerConfig;
+struct StreamConfig;
+// The bus view of a tenant's configured streams and consumers (docs/configuration.md).
+StreamSpec stream_spec(const TenantConfig& t, const StreamConfig& s);
+ConsumerSpec consumer_spec(const TenantConfig& t, const StreamConfig& s, const ConsumerConfig& c);
+// Every stream and declared consumer of these tenants.
+void durable_specs(const std::vector<TenantConfig>& tenants, std::vector<StreamSpec>& streams,
+                   std::vector<ConsumerSpec>& consumers);
 
 // The dead letter of `msg`: the same payload and headers, plus busgate-dead-reason,
 // busgate-attempts, busgate-subject (the tenant-relative subject it was published to),

@@ -106,7 +106,10 @@ void SubjectTrie::match(std::string_view subject, std::vector<EntryPtr>& out) co
   match_node(&root_, toks, count, 0, out);
 }
 
-MemoryBus::MemoryBus(std::string node_id) : inbox_prefix_("_INBOX." + node_id + ".") {}
+MemoryBus::MemoryBus(std::string node_id)
+    : inbox_prefix_("_INBOX." + node_id + "."),
+      durable_([this](BusMessagePtr m) { publish(std::move(m), false); },
+               [this](BusMessagePtr m) { deliver(m); }) {}
 
 uint64_t MemoryBus::subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) {
   const uint64_t id = next_id_.fetch_add(1);
@@ -211,6 +214,7 @@ proto::Code MemoryBus::publish(BusMessagePtr msg, bool /*immediate: delivery is 
     if (ReplyFn fn = requests_.take(token)) fn(proto::Code::ok, msg);  // else a late reply: dropped
     return proto::Code::ok;
   }
+  durable_.on_publish(msg);
   deliver(msg);
   return proto::Code::ok;
 }

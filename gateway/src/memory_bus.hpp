@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bus.hpp"
+#include "memory_durable.hpp"
 
 namespace busgate::gw {
 
@@ -61,6 +62,7 @@ class MemoryBus final : public Bus {
   bool healthy() const override { return true; }
   const char* kind() const override { return "memory"; }
   BusStats stats() const override;
+  DurableBus* durable() override { return &durable_; }
 
  private:
   size_t deliver(const BusMessagePtr& msg);  // returns the number of subscriptions it reached
@@ -74,6 +76,7 @@ class MemoryBus final : public Bus {
   std::atomic<uint64_t> gen_{0};  // bumped by every subscribe and unsubscribe (match caches)
 
   ReplyTable requests_;
+  MemoryDurable durable_;  // last: its timer thread stops before the rest goes
 };
 
 }  // namespace busgate::gw

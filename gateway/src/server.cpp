@@ -10,6 +10,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "http_server.hpp"
+#include "durable.hpp"
 #include "memory_bus.hpp"
 #include "session.hpp"
 #include "tcp_transport.hpp"
@@ -39,6 +40,20 @@ Server::Server(GatewayConfig cfg, std::string config_path)
   for (unsigned i = 0; i < n; ++i) contexts_.push_back(std::make_unique<asio::io_context>(1));
   impl_ = std::make_unique<Impl>(*contexts_[0]);
   bus_ = make_bus(cfg_);
+  configure_durable();
+}
+
+// Creates or updates every tenant's streams and declared consumers on the bus (idempotent).
+void Server::configure_durable() {
+  DurableBus* d = bus_->durable();
+  if (!d) return;
+  std::vector<StreamSpec> streams;
+  std::vector<ConsumerSpec> consumers;
+  durable_specs(cfg_.tenants, streams, consumers);
+  if (!streams.empty())
+    spdlog::info("durable: {} streams and {} declared consumers configured on the {} bus", streams.size(),
+                 consumers.size(), bus_->kind());
+  d->configure_durable(std::move(streams), std::move(consumers));
 }
 
 Server::~Server() = default;
@@ -187,6 +202,7 @@ std::string Server::reload() {
   }
   registry_.load(fresh.tenants);
   cfg_.tenants = fresh.tenants;
+  configure_durable();
   const auto all = sessions();
   for (const auto& s : all) s->recheck_auth();
   spdlog::info("reloaded {} tenants from {} ({} connections rechecked)", fresh.tenants.size(), config_path_,

@@ -50,6 +50,7 @@ class Server {
 
   // Reloads tenants from the config file (SIGHUP, admin API). Returns an error message or "".
   std::string reload();
+  void configure_durable();
   void begin_drain();
   // Closes a connection by session number (admin API); false when there is none.
   bool close_session(uint64_t id);

@@ -8,6 +8,7 @@
 #include "busgate/protocol/msgpack.hpp"
 #include "busgate/protocol/subject.hpp"
 #include "server.hpp"
+#include "session_sub.hpp"
 #include "tcp_progress.hpp"
 
 namespace busgate::gw {
@@ -49,19 +50,6 @@ const char* state_name(Session::State s) {
 
 }  // namespace
 
-struct Session::SubState {
-  uint32_t sid = 0;
-  uint64_t bus_id = 0;
-  std::string subject;  // as the client gave it
-  std::string queue;
-  Mapping mapping;
-  std::string own_prefix;                 // the tenant's namespace, for mapping reply subjects back
-  bool filter = false;                    // apply the tenant's subscribe deny list per message
-  std::vector<std::string> deny;          // copied at subscribe time when filter is set
-  std::atomic<bool> live{true};
-  std::atomic<uint64_t> remaining{0};     // UNSUB max_msgs countdown; 0 = unlimited
-  bool confirmed = false;                 // OK sent (executor only)
-};
 
 Session::Session(Server& server, asio::any_io_executor ex, uint64_t id)
     : server_(server),
@@ -142,15 +130,23 @@ void Session::handle(const proto::Frame& f, const proto::DecodeResult& r) {
     case proto::Op::req: return on_req(std::get<proto::Req>(f), r);
     case proto::Op::ping: return send_frame(proto::Pong{});  // control frames bypass the outbound bound
     case proto::Op::pong: return;
-    case proto::Op::ack:
-      return send_err(Code::not_supported, "durable consumption (ACK) is not supported by this gateway", 14,
-                      std::get<proto::Ack>(f).sid);
-    case proto::Op::nak:
-      return send_err(Code::not_supported, "durable consumption (NAK) is not supported by this gateway", 15,
-                      std::get<proto::Nak>(f).sid);
-    case proto::Op::credit:
-      return send_err(Code::not_supported, "credit flow control is not supported by this gateway", 16,
-                      std::get<proto::Credit>(f).sid);
+    case proto::Op::ack: {
+      const auto& a = std::get<proto::Ack>(f);
+      return on_settle(14, a.sid, a.delivery_id, 0, {});
+    }
+    case proto::Op::nak: {
+      const auto& n = std::get<proto::Nak>(f);
+      return on_settle(15, n.sid, n.delivery_id, n.delay_ms, {});
+    }
+    case proto::Op::progress: {
+      const auto& g = std::get<proto::Progress>(f);
+      return on_settle(17, g.sid, g.delivery_id, 0, {});
+    }
+    case proto::Op::term: {
+      const auto& t = std::get<proto::Term>(f);
+      return on_settle(18, t.sid, t.delivery_id, 0, t.reason ? *t.reason : std::string_view{});
+    }
+    case proto::Op::credit: return on_credit(std::get<proto::Credit>(f));
     default: return;
   }
 }
@@ -260,6 +256,7 @@ void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
   auto msg = std::make_shared<const BusMessage>(subject, reply, headers, p.payload);
   tenant_->msgs_in.fetch_add(1, std::memory_order_relaxed);
   tenant_->bytes_in.fetch_add(p.payload.size(), std::memory_order_relaxed);
+  if ((ref || p.msg_id) && !c.streams.empty() && publish_stored(p, std::move(msg))) return;
   const Code rc = server_.bus().publish(std::move(msg), ref != 0);
   if (rc != Code::ok) return send_err(rc, "the bus did not accept the message", 3, ref);
   if (ref) send_ok(3, ref);
@@ -267,12 +264,8 @@ void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
 
 void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
   if (r.code != Code::ok) return send_err(r.code, r.detail, 4, s.sid);
-  // Durable consumption (docs/protocol.md section 16) is reserved: this gateway implements no option.
-  if (s.opts.type == proto::mp::Type::map && !s.opts.map.empty())
-    return send_err(Code::not_supported,
-                    "subscription option '" + std::string(s.opts.map.front().first.substr(0, 32)) +
-                        "' is not supported by this gateway",
-                    4, s.sid);
+  // Durable consumption (docs/protocol.md section 16): session_durable.cpp.
+  if (s.opts.type == proto::mp::Type::map && !s.opts.map.empty()) return on_durable_sub(s);
   if (subs_.count(s.sid)) return send_err(Code::sid_in_use, "sid " + std::to_string(s.sid) + " is in use", 4, s.sid);
   const TenantConfig& c = cfg();
   if (subs_.size() >= c.limits.max_subscriptions)
@@ -339,7 +332,8 @@ void Session::remove_sub(uint32_t sid) {
   auto it = subs_.find(sid);
   if (it == subs_.end()) return;
   it->second->live.store(false, std::memory_order_release);
-  server_.bus().unsubscribe(it->second->bus_id);
+  if (it->second->is_durable) end_durable(*it->second);
+  else server_.bus().unsubscribe(it->second->bus_id);
   {
     std::lock_guard lk(subs_mu_);
     subs_.erase(it);
@@ -788,7 +782,8 @@ void Session::cleanup() {
   drain_timer_.cancel();
   for (auto& [sid, st] : subs_) {
     st->live.store(false, std::memory_order_release);
-    server_.bus().unsubscribe(st->bus_id);
+    if (st->is_durable) end_durable(*st);
+    else server_.bus().unsubscribe(st->bus_id);
   }
   {
     std::lock_guard lk(subs_mu_);

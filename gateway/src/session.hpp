@@ -14,6 +14,7 @@
 
 #include "busgate/protocol/codec.hpp"
 #include "bus.hpp"
+#include "durable.hpp"
 #include "tenancy.hpp"
 #include "transport.hpp"
 
@@ -66,6 +67,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   struct SubState;
+  class DurableSinkImpl;
   struct Inflight {
     uint64_t token = 0;  // the bus's request token
     std::chrono::steady_clock::time_point started;
@@ -78,6 +80,16 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_pub(const proto::Pub& p, const proto::DecodeResult& r);
   void on_sub(const proto::Sub& s, const proto::DecodeResult& r);
   void on_unsub(const proto::Unsub& u);
+  // Durable consumption (session_durable.cpp, docs/protocol.md section 16).
+  void on_durable_sub(const proto::Sub& s);
+  void finish_durable_sub(const std::shared_ptr<SubState>& st, proto::Code code, const std::string& why,
+                          std::shared_ptr<DurableSubscription> sub);
+  bool deliver_durable(SubState& sub, const BusMessagePtr& m, uint64_t delivery_id, uint32_t attempt);
+  void on_settle(uint64_t op, uint32_t sid, uint64_t delivery_id, uint64_t delay_ms, std::string_view reason);
+  void on_credit(const proto::Credit& c);
+  // A PUB to a subject a stream stores, with ack or msg_id: answered once stored.
+  bool publish_stored(const proto::Pub& p, BusMessagePtr msg);
+  void end_durable(SubState& st);
   void finish_sub(const std::shared_ptr<SubState>& st);
   void on_req(const proto::Req& q, const proto::DecodeResult& r);
   void on_bus_reply(uint32_t req_id, uint64_t token, proto::Code status, const BusMessagePtr& reply);

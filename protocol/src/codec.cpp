@@ -9,7 +9,8 @@ namespace busgate::proto {
 std::string_view op_name(uint64_t op) {
   static constexpr std::string_view kNames[] = {"?",   "HELLO", "WELCOME", "PUB",  "SUB",  "UNSUB",
                                                 "MSG", "REQ",   "RES",     "OK",   "ERR",  "PING",
-                                                "PONG", "GOAWAY", "ACK",   "NAK",  "CREDIT"};
+                                                "PONG", "GOAWAY", "ACK",   "NAK",  "CREDIT",
+                                                "PROGRESS", "TERM"};
   return op <= kMaxOp ? kNames[op] : kNames[0];
 }
 
@@ -24,7 +25,9 @@ bool op_allowed_from(uint64_t op, Origin from) {
     case Op::req:
     case Op::ack:
     case Op::nak:
-    case Op::credit: return from == Origin::client;
+    case Op::credit:
+    case Op::progress:
+    case Op::term: return from == Origin::client;
     default: return from == Origin::gateway;
   }
 }
@@ -181,7 +184,7 @@ bool decode_fields(Fields& f, uint64_t op, Frame& out) {
       Pub p;
       uint32_t ack = 0;
       if (!f.str(p.subject, "subject") || !f.bin(p.payload, "payload") || !f.headers(p.headers, "headers") ||
-          !f.opt_str(p.reply_to, "reply_to") || !f.u32(ack, "ack", false))
+          !f.opt_str(p.reply_to, "reply_to") || !f.u32(ack, "ack", false) || !f.opt_str(p.msg_id, "msg_id"))
         return false;
       p.ack = ack;
       out = std::move(p);
@@ -205,7 +208,7 @@ bool decode_fields(Fields& f, uint64_t op, Frame& out) {
       Msg m;
       if (!f.u32(m.sid, "sid", true) || !f.str(m.subject, "subject") || !f.bin(m.payload, "payload") ||
           !f.headers(m.headers, "headers") || !f.opt_str(m.reply_to, "reply_to") ||
-          !f.uint(m.delivery_id, "delivery_id", false))
+          !f.uint(m.delivery_id, "delivery_id", false) || !f.uint(m.attempt, "attempt", false))
         return false;
       out = std::move(m);
       return true;
@@ -269,6 +272,20 @@ bool decode_fields(Fields& f, uint64_t op, Frame& out) {
       out = c;
       return true;
     }
+    case Op::progress: {
+      Progress p;
+      if (!f.u32(p.sid, "sid", true) || !f.uint(p.delivery_id, "delivery_id", true)) return false;
+      out = p;
+      return true;
+    }
+    case Op::term: {
+      Term t;
+      if (!f.u32(t.sid, "sid", true) || !f.uint(t.delivery_id, "delivery_id", true) ||
+          !f.opt_str(t.reason, "reason"))
+        return false;
+      out = t;
+      return true;
+    }
   }
   return false;
 }
@@ -296,12 +313,23 @@ Code check_headers(const Headers& headers, std::string& detail) {
   return Code::ok;
 }
 
+bool valid_msg_id(std::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (unsigned char ch : id)
+    if (ch <= 0x20 || ch >= 0x7f) return false;
+  return true;
+}
+
 // Rules for frames sent by clients (docs/protocol.md: Subjects, Headers).
 Code validate_client_frame(const Frame& frame, std::string& detail) {
   if (const auto* p = std::get_if<Pub>(&frame)) {
     Code c = check_publish_subject(p->subject, detail, "subject");
     if (c == Code::ok && p->reply_to) c = check_publish_subject(*p->reply_to, detail, "reply_to");
     if (c == Code::ok) c = check_headers(p->headers, detail);
+    if (c == Code::ok && p->msg_id && !valid_msg_id(*p->msg_id)) {
+      detail = "msg_id must be 1 to 128 printable ASCII characters without spaces";
+      c = Code::invalid_option;
+    }
     return c;
   }
   if (const auto* q = std::get_if<Req>(&frame)) {
@@ -419,13 +447,15 @@ void encode(const Frame& frame, std::string& out) {
           w.str(f.tenant);
           mp::write_value(w, f.limits);
         } else if constexpr (std::is_same_v<T, Pub>) {
-          const size_t n = count_present({true, true, !f.headers.empty(), f.reply_to.has_value(), f.ack != 0});
+          const size_t n = count_present(
+              {true, true, !f.headers.empty(), f.reply_to.has_value(), f.ack != 0, f.msg_id.has_value()});
           start(w, Op::pub, n);
           w.str(f.subject);
           w.bin(f.payload);
           if (n > 2) write_headers(w, f.headers);
           if (n > 3) write_opt_str(w, f.reply_to);
           if (n > 4) write_opt_uint(w, f.ack);
+          if (n > 5) write_opt_str(w, f.msg_id);
         } else if constexpr (std::is_same_v<T, Sub>) {
           const size_t n = count_present({true, true, f.queue.has_value(), !f.opts.is_nil()});
           start(w, Op::sub, n);
@@ -440,7 +470,7 @@ void encode(const Frame& frame, std::string& out) {
           if (n > 1) w.uint(f.max_msgs);
         } else if constexpr (std::is_same_v<T, Msg>) {
           const size_t n = count_present(
-              {true, true, true, !f.headers.empty(), f.reply_to.has_value(), f.delivery_id != 0});
+              {true, true, true, !f.headers.empty(), f.reply_to.has_value(), f.delivery_id != 0, f.attempt != 0});
           start(w, Op::msg, n);
           w.uint(f.sid);
           w.str(f.subject);
@@ -448,6 +478,7 @@ void encode(const Frame& frame, std::string& out) {
           if (n > 3) write_headers(w, f.headers);
           if (n > 4) write_opt_str(w, f.reply_to);
           if (n > 5) write_opt_uint(w, f.delivery_id);
+          if (n > 6) write_opt_uint(w, f.attempt);
         } else if constexpr (std::is_same_v<T, Req>) {
           const size_t n = count_present({true, true, true, !f.headers.empty(), f.timeout_ms != 0});
           start(w, Op::req, n);
@@ -501,6 +532,16 @@ void encode(const Frame& frame, std::string& out) {
           start(w, Op::credit, 2);
           w.uint(f.sid);
           w.uint(f.credits);
+        } else if constexpr (std::is_same_v<T, Progress>) {
+          start(w, Op::progress, 2);
+          w.uint(f.sid);
+          w.uint(f.delivery_id);
+        } else if constexpr (std::is_same_v<T, Term>) {
+          const size_t n = count_present({true, true, f.reason.has_value()});
+          start(w, Op::term, n);
+          w.uint(f.sid);
+          w.uint(f.delivery_id);
+          if (n > 2) write_opt_str(w, f.reason);
         }
       },
       frame);
@@ -527,10 +568,12 @@ void encode_framed(const Frame& frame, std::string& out) {
 }
 
 void encode_msg_framed(std::string& out, uint32_t sid, std::string_view subject, std::string_view payload,
-                       std::string_view headers_msgpack, std::string_view reply_to, uint64_t delivery_id) {
+                       std::string_view headers_msgpack, std::string_view reply_to, uint64_t delivery_id,
+                       uint64_t attempt) {
   const size_t s = begin_frame(out);
   mp::Writer w(out);
-  const size_t n = count_present({true, true, true, !headers_msgpack.empty(), !reply_to.empty(), delivery_id != 0});
+  const size_t n = count_present(
+      {true, true, true, !headers_msgpack.empty(), !reply_to.empty(), delivery_id != 0, attempt != 0});
   start(w, Op::msg, n);
   w.uint(sid);
   w.str(subject);
@@ -543,7 +586,11 @@ void encode_msg_framed(std::string& out, uint32_t sid, std::string_view subject,
     if (reply_to.empty()) w.nil();
     else w.str(reply_to);
   }
-  if (n > 5) w.uint(delivery_id);
+  if (n > 5) {
+    if (delivery_id == 0) w.nil();
+    else w.uint(delivery_id);
+  }
+  if (n > 6) w.uint(attempt);
   finish_frame(out, s);
 }
 

@@ -6,7 +6,7 @@
 namespace busgate::proto {
 namespace {
 
-constexpr std::array<CodeInfo, 36> kCodes{{
+constexpr std::array<CodeInfo, 41> kCodes{{
     {Code::malformed_frame, "MALFORMED_FRAME", true,
      "the body is not a msgpack array of the documented shape (bad msgpack, wrong field type, missing "
      "field, trailing bytes, zero length)"},
@@ -31,6 +31,9 @@ constexpr std::array<CodeInfo, 36> kCodes{{
     {Code::permission_denied, "PERMISSION_DENIED", false, "the tenant's permissions forbid this"},
     {Code::sid_in_use, "SID_IN_USE", false, "the subscription id is already in use on this connection"},
     {Code::unknown_sid, "UNKNOWN_SID", false, "no live subscription has this id"},
+    {Code::invalid_option, "INVALID_OPTION", false, "an option has the wrong type or value"},
+    {Code::unknown_delivery, "UNKNOWN_DELIVERY", false, "the delivery id is not outstanding on this subscription"},
+    {Code::unknown_stream, "UNKNOWN_STREAM", false, "no stream of the tenant stores this subject"},
     {Code::payload_too_large, "PAYLOAD_TOO_LARGE", false, "the payload is above the maximum payload size"},
     {Code::too_many_subscriptions, "TOO_MANY_SUBSCRIPTIONS", false,
      "the connection reached its subscription limit"},
@@ -43,15 +46,17 @@ constexpr std::array<CodeInfo, 36> kCodes{{
      "the outbound queue to this client passed half of its bound"},
     {Code::slow_consumer, "SLOW_CONSUMER", true,
      "the outbound queue to this client passed its bound; the connection is closed"},
+    {Code::too_many_consumers, "TOO_MANY_CONSUMERS", false, "the tenant reached its limit of client-created consumers"},
     {Code::no_responders, "NO_RESPONDERS", false, "nobody is subscribed to the request subject"},
     {Code::request_timeout, "REQUEST_TIMEOUT", false, "no reply arrived within the request timeout"},
     {Code::bus_unavailable, "BUS_UNAVAILABLE", false, "the message bus is unavailable; nothing was accepted"},
     {Code::duplicate_request_id, "DUPLICATE_REQUEST_ID", false, "the request id is already in flight"},
+    {Code::not_stored, "NOT_STORED", false, "the stream could not store the message; it was not published"},
     {Code::internal_error, "INTERNAL_ERROR", false, "the gateway failed to act on the frame"},
     {Code::shutting_down, "SHUTTING_DOWN", true, "the gateway is shutting down (drain deadline reached)"},
     {Code::idle_timeout, "IDLE_TIMEOUT", true, "nothing was received from the client for too long"},
     {Code::closed_by_admin, "CLOSED_BY_ADMIN", true, "an operator closed the connection"},
-    {Code::not_supported, "NOT_SUPPORTED", false, "the feature is reserved and not implemented here"},
+    {Code::not_supported, "NOT_SUPPORTED", false, "the option or feature is not implemented here"},
 }};
 
 }  // namespace

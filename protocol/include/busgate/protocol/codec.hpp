@@ -36,7 +36,8 @@ void finish_frame(std::string& out, size_t start);
 // Fast paths for the gateway's outbound hot path. `headers_msgpack` is an already encoded msgpack
 // map (empty for none).
 void encode_msg_framed(std::string& out, uint32_t sid, std::string_view subject, std::string_view payload,
-                       std::string_view headers_msgpack, std::string_view reply_to, uint64_t delivery_id = 0);
+                       std::string_view headers_msgpack, std::string_view reply_to, uint64_t delivery_id = 0,
+                       uint64_t attempt = 0);
 void encode_res_framed(std::string& out, uint32_t req_id, uint64_t status, std::string_view payload,
                        std::string_view headers_msgpack);
 void encode_err_framed(std::string& out, Code code, std::string_view message, uint64_t ref_op = 0,

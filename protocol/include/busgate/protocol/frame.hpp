@@ -29,8 +29,10 @@ enum class Op : uint8_t {
   ack = 14,
   nak = 15,
   credit = 16,
+  progress = 17,
+  term = 18,
 };
-inline constexpr uint64_t kMaxOp = 16;
+inline constexpr uint64_t kMaxOp = 18;
 std::string_view op_name(uint64_t op);  // "PUB"; "?" for unknown codes
 
 enum class Origin { client, gateway };
@@ -68,6 +70,7 @@ struct Pub {
   Headers headers;
   std::optional<std::string_view> reply_to;
   uint32_t ack = 0;
+  std::optional<std::string_view> msg_id;  // idempotency key (section 16.5)
 };
 struct Sub {
   uint32_t sid = 0;
@@ -86,6 +89,7 @@ struct Msg {
   Headers headers;
   std::optional<std::string_view> reply_to;
   uint64_t delivery_id = 0;
+  uint64_t attempt = 0;
 };
 struct Req {
   uint32_t req_id = 0;
@@ -130,10 +134,19 @@ struct Credit {
   uint32_t sid = 0;
   uint64_t credits = 0;
 };
+struct Progress {
+  uint32_t sid = 0;
+  uint64_t delivery_id = 0;
+};
+struct Term {
+  uint32_t sid = 0;
+  uint64_t delivery_id = 0;
+  std::optional<std::string_view> reason;
+};
 
 // Alternative index + 1 == op code.
 using Frame = std::variant<Hello, Welcome, Pub, Sub, Unsub, Msg, Req, Res, Ok, Err, Ping, Pong, Goaway, Ack,
-                           Nak, Credit>;
+                           Nak, Credit, Progress, Term>;
 
 inline Op frame_op(const Frame& f) { return static_cast<Op>(f.index() + 1); }
 
