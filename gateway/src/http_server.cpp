@@ -122,6 +122,35 @@ std::string render_metrics(Server& server) {
   o << "busgate_request_duration_seconds_bucket{le=\"+Inf\"} " << cum << "\n";
   o << "busgate_request_duration_seconds_sum " << static_cast<double>(m.latency_sum_us.load()) / 1e6 << "\n";
   o << "busgate_request_duration_seconds_count " << m.latency_count.load() << "\n";
+  if (DurableBus* d = server.bus().durable()) {
+    const auto stats = d->consumer_stats();
+    struct CFam {
+      const char* name;
+      const char* type;
+      const char* help;
+      uint64_t (*get)(const ConsumerStats&);
+    };
+    const CFam cfams[] = {
+        {"busgate_consumer_pending", "gauge", "Stored messages a durable consumer has not delivered yet (its backlog).",
+         [](const ConsumerStats& c) { return c.pending; }},
+        {"busgate_consumer_ack_pending", "gauge", "Deliveries of a durable consumer not yet acknowledged (at most max_inflight).",
+         [](const ConsumerStats& c) { return c.ack_pending; }},
+        {"busgate_consumer_max_inflight", "gauge", "A durable consumer's cap on unacknowledged deliveries.",
+         [](const ConsumerStats& c) { return static_cast<uint64_t>(c.max_inflight); }},
+        {"busgate_consumer_redelivered_total", "counter", "Redeliveries (second and later attempts) of a durable consumer.",
+         [](const ConsumerStats& c) { return c.redelivered; }},
+        {"busgate_consumer_dead_lettered_total", "counter", "Messages a durable consumer sent to its dead-letter subject.",
+         [](const ConsumerStats& c) { return c.dead_lettered; }},
+        {"busgate_consumer_subscribers", "gauge", "Durable subscriptions of a consumer on this node.",
+         [](const ConsumerStats& c) { return static_cast<uint64_t>(c.subscribers); }},
+    };
+    for (const auto& f : cfams) {
+      o << "# HELP " << f.name << " " << f.help << "\n# TYPE " << f.name << " " << f.type << "\n";
+      for (const auto& c : stats)
+        o << f.name << "{tenant=\"" << escape_label(c.tenant) << "\",stream=\"" << escape_label(c.stream)
+          << "\",consumer=\"" << escape_label(c.consumer) << "\"} " << f.get(c) << "\n";
+    }
+  }
   o << "# HELP busgate_errors_total Errors sent to clients (ERR frames and error RES statuses) by code.\n"
        "# TYPE busgate_errors_total counter\n";
   for (const auto& c : proto::all_codes()) {
@@ -311,6 +340,21 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
                         {"bytes_out", ts->bytes_out.load()}});
       }
       return json_reply(http::status::ok, json{{"tenants", list}});
+    }
+    if (t == "/admin/consumers" && get) {
+      json list = json::array();
+      if (DurableBus* d = server_.bus().durable())
+        for (const auto& c : d->consumer_stats())
+          list.push_back({{"tenant", c.tenant},
+                          {"stream", c.stream},
+                          {"consumer", c.consumer},
+                          {"pending", c.pending},
+                          {"ack_pending", c.ack_pending},
+                          {"max_inflight", c.max_inflight},
+                          {"redelivered", c.redelivered},
+                          {"dead_lettered", c.dead_lettered},
+                          {"subscribers", c.subscribers}});
+      return json_reply(http::status::ok, json{{"consumers", list}});
     }
     if (t == "/admin/reload" && post) {
       const auto err = server_.reload();

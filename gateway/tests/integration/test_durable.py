@@ -13,6 +13,7 @@ E.update({"INVALID_OPTION": 309, "UNKNOWN_DELIVERY": 310, "UNKNOWN_STREAM": 311,
           "NOT_STORED": 504})
 
 CONFIG = """
+admin: {token: "durable-admin-token"}
 tenants:
   - name: acme
     tokens: ["acme-token-1"]
@@ -314,3 +315,30 @@ def test_malformed_settlement_frames_are_rejected_and_others_keep_working(dgw, c
     c.send_raw(frame(PROGRESS, 1))  # missing delivery_id
     c.expect_closed()
     stored_pub(other, "jobs.work", b"still fine", ack=1)
+
+
+def test_consumer_backlog_and_progress_show_in_metrics_and_admin_api(dgw, clients):
+    import http.client
+    import json
+
+    c = clients(dgw.client("acme-token-1"))
+    for i in range(5):
+        stored_pub(c, "jobs.cap", b"%d" % i, ack=i + 1)
+    durable_sub(c, 1, "jobs.cap", "capped")
+    got = msgs(c, 3)
+    c.send(NAK, 1, got[0][6], 60000)  # waits a minute: still backlog, no longer ack-pending
+    c.flush()
+    status, text = dgw.http_get("/metrics")
+    assert status == 200
+    labels = 'tenant="acme",stream="jobs",consumer="capped"'
+    assert f"busgate_consumer_ack_pending{{{labels}}} 3" in text, text  # the freed slot went to job 3
+    assert f"busgate_consumer_pending{{{labels}}} 2" in text  # job 4, and job 0 waiting for its redelivery
+    assert f"busgate_consumer_max_inflight{{{labels}}} 3" in text
+    conn = http.client.HTTPConnection(*dgw.http, timeout=5)
+    conn.request("GET", "/admin/consumers", headers={"Authorization": "Bearer durable-admin-token"})
+    r = conn.getresponse()
+    body = r.read()
+    assert r.status == 200, body
+    entry = [e for e in json.loads(body)["consumers"] if e["consumer"] == "capped"][0]
+    assert entry["ack_pending"] == 3 and entry["subscribers"] == 1 and entry["tenant"] == "acme"
+    assert entry["pending"] == 2 and entry["max_inflight"] == 3
