@@ -7,29 +7,34 @@ type Op uint64
 
 // The v1 op table.
 const (
-	OpHello   Op = 1
-	OpWelcome Op = 2
-	OpPub     Op = 3
-	OpSub     Op = 4
-	OpUnsub   Op = 5
-	OpMsg     Op = 6
-	OpReq     Op = 7
-	OpRes     Op = 8
-	OpOK      Op = 9
-	OpErr     Op = 10
-	OpPing    Op = 11
-	OpPong    Op = 12
-	OpGoAway  Op = 13
-	OpAck     Op = 14
-	OpNak     Op = 15
-	OpCredit  Op = 16
+	OpHello    Op = 1
+	OpWelcome  Op = 2
+	OpPub      Op = 3
+	OpSub      Op = 4
+	OpUnsub    Op = 5
+	OpMsg      Op = 6
+	OpReq      Op = 7
+	OpRes      Op = 8
+	OpOK       Op = 9
+	OpErr      Op = 10
+	OpPing     Op = 11
+	OpPong     Op = 12
+	OpGoAway   Op = 13
+	OpAck      Op = 14
+	OpNak      Op = 15
+	OpCredit   Op = 16
+	OpProgress Op = 17
+	OpTerm     Op = 18
 )
 
+// opLast is the highest op code of v1.
+const opLast = OpTerm
+
 var opNames = [...]string{"", "HELLO", "WELCOME", "PUB", "SUB", "UNSUB", "MSG", "REQ", "RES", "OK", "ERR",
-	"PING", "PONG", "GOAWAY", "ACK", "NAK", "CREDIT"}
+	"PING", "PONG", "GOAWAY", "ACK", "NAK", "CREDIT", "PROGRESS", "TERM"}
 
 func (o Op) String() string {
-	if o >= 1 && o <= OpCredit {
+	if o >= 1 && o <= opLast {
 		return opNames[o]
 	}
 	return "OP(" + strconv.FormatUint(uint64(o), 10) + ")"
@@ -46,7 +51,7 @@ const (
 // direction of each op: which sender may send it.
 func (o Op) sentBy(s Sender) bool {
 	switch o {
-	case OpHello, OpPub, OpSub, OpUnsub, OpReq, OpAck, OpNak, OpCredit:
+	case OpHello, OpPub, OpSub, OpUnsub, OpReq, OpAck, OpNak, OpCredit, OpProgress, OpTerm:
 		return s == FromClient
 	case OpWelcome, OpMsg, OpRes, OpOK, OpErr, OpGoAway:
 		return s == FromGateway
@@ -82,6 +87,9 @@ const (
 	CodePermissionDenied      Code = 306
 	CodeSIDInUse              Code = 307
 	CodeUnknownSID            Code = 308
+	CodeInvalidOption         Code = 309
+	CodeUnknownDelivery       Code = 310
+	CodeUnknownStream         Code = 311
 	CodePayloadTooLarge       Code = 400
 	CodeTooManySubscriptions  Code = 401
 	CodeRateLimited           Code = 402
@@ -89,10 +97,12 @@ const (
 	CodeTooManyConnections    Code = 404
 	CodeSlowConsumerWarning   Code = 405
 	CodeSlowConsumer          Code = 406
+	CodeTooManyConsumers      Code = 407
 	CodeNoResponders          Code = 500
 	CodeRequestTimeout        Code = 501
 	CodeBusUnavailable        Code = 502
 	CodeDuplicateRequestID    Code = 503
+	CodeNotStored             Code = 504
 	CodeInternalError         Code = 600
 	CodeShuttingDown          Code = 601
 	CodeIdleTimeout           Code = 602
@@ -126,6 +136,9 @@ var codeTable = map[Code]codeInfo{
 	CodePermissionDenied:      {"PERMISSION_DENIED", false},
 	CodeSIDInUse:              {"SID_IN_USE", false},
 	CodeUnknownSID:            {"UNKNOWN_SID", false},
+	CodeInvalidOption:         {"INVALID_OPTION", false},
+	CodeUnknownDelivery:       {"UNKNOWN_DELIVERY", false},
+	CodeUnknownStream:         {"UNKNOWN_STREAM", false},
 	CodePayloadTooLarge:       {"PAYLOAD_TOO_LARGE", false},
 	CodeTooManySubscriptions:  {"TOO_MANY_SUBSCRIPTIONS", false},
 	CodeRateLimited:           {"RATE_LIMITED", false},
@@ -133,10 +146,12 @@ var codeTable = map[Code]codeInfo{
 	CodeTooManyConnections:    {"TOO_MANY_CONNECTIONS", true},
 	CodeSlowConsumerWarning:   {"SLOW_CONSUMER_WARNING", false},
 	CodeSlowConsumer:          {"SLOW_CONSUMER", true},
+	CodeTooManyConsumers:      {"TOO_MANY_CONSUMERS", false},
 	CodeNoResponders:          {"NO_RESPONDERS", false},
 	CodeRequestTimeout:        {"REQUEST_TIMEOUT", false},
 	CodeBusUnavailable:        {"BUS_UNAVAILABLE", false},
 	CodeDuplicateRequestID:    {"DUPLICATE_REQUEST_ID", false},
+	CodeNotStored:             {"NOT_STORED", false},
 	CodeInternalError:         {"INTERNAL_ERROR", false},
 	CodeShuttingDown:          {"SHUTTING_DOWN", true},
 	CodeIdleTimeout:           {"IDLE_TIMEOUT", true},

@@ -305,7 +305,7 @@ func (c *Conn) install(l *link) {
 	c.subsMu.RUnlock()
 	sort.Slice(subs, func(i, j int) bool { return subs[i].sid < subs[j].sid })
 	for _, s := range subs {
-		f := Frame{Op: OpSub, SID: s.sid, Subject: s.Subject, Queue: s.Queue, HasQueue: s.Queue != ""}
+		f := s.subFrame()
 		l.wbuf, _ = c.enc.AppendFrame(l.wbuf, &f)
 		if left := s.remaining(); left > 0 {
 			f = Frame{Op: OpUnsub, SID: s.sid, MaxMsgs: left}
@@ -385,6 +385,7 @@ func (c *Conn) linkLost(l *link, err error) {
 			op.res <- opResult{err: lost}
 		}
 	}
+	c.durableLinkLost(l)
 	for i, o := range c.old {
 		if o == l {
 			c.old = append(c.old[:i], c.old[i+1:]...)
@@ -804,17 +805,50 @@ func (c *Conn) publishVia(via *link, subject, reply string, h Header, data []byt
 }
 
 // PublishAck sends data to subject and waits for the gateway to confirm that the bus accepted it
-// (PUB with ack, section 7.3). Rejections come back as *ProtocolError (ErrPermissionDenied,
-// ErrRateLimited, ErrMaxPayload, ...).
-func (c *Conn) PublishAck(ctx context.Context, subject string, data []byte) error {
-	return c.PublishMsgAck(ctx, &Msg{Subject: subject, Data: data})
+// (PUB with ack, section 7.3); on a subject a stream stores, that the stream has stored it
+// (section 16.5). Rejections come back as *ProtocolError (ErrPermissionDenied, ErrRateLimited,
+// ErrMaxPayload, ErrNotStored, ...). WithMsgID gives the message an idempotency key.
+func (c *Conn) PublishAck(ctx context.Context, subject string, data []byte, opts ...PubOpt) error {
+	return c.PublishMsgAck(ctx, &Msg{Subject: subject, Data: data}, opts...)
 }
 
 // PublishMsgAck is PublishAck for a Msg with headers or a reply subject.
-func (c *Conn) PublishMsgAck(ctx context.Context, m *Msg) error {
+//
+// With WithMsgID, a publish whose connection is lost before the answer arrives is sent again on
+// the next connection until the answer arrives or ctx ends: the stream stores the key once within
+// its duplicate window, so the re-send is safe. Without it, such a publish fails with
+// ErrConnectionLost and the caller decides whether to send it again.
+func (c *Conn) PublishMsgAck(ctx context.Context, m *Msg, opts ...PubOpt) error {
+	var po pubConfig
+	for _, o := range opts {
+		if o == nil {
+			continue
+		}
+		if err := o(&po); err != nil {
+			return err
+		}
+	}
 	if err := c.checkPublish(m.Subject, m.Reply, m.Header); err != nil {
 		return err
 	}
+	for {
+		err := c.publishAckOnce(ctx, m, po.msgID)
+		if po.msgID == "" || ctx.Err() != nil || !lostBeforeAnswer(err) {
+			return err
+		}
+	}
+}
+
+// lostBeforeAnswer reports whether err says that the connection ended before the gateway answered.
+func lostBeforeAnswer(err error) bool {
+	if errors.Is(err, ErrConnectionLost) {
+		return true
+	}
+	var pe *ProtocolError
+	return errors.As(err, &pe) && pe.Local && pe.Code == CodeShuttingDown // a link retired after GOAWAY
+}
+
+func (c *Conn) publishAckOnce(ctx context.Context, m *Msg, msgID string) error {
 	op := &pendingOp{res: make(chan opResult, 1)}
 	c.mu.Lock()
 	if err := c.checkPayload(len(m.Data)); err != nil {
@@ -828,7 +862,7 @@ func (c *Conn) PublishMsgAck(ctx context.Context, m *Msg) error {
 	}
 	id := c.allocID(&c.nextAck, func(id uint64) bool { _, used := c.acks[id]; return used })
 	start := len(*buf)
-	*buf = c.enc.appendPub(*buf, m.Subject, m.Data, c.headerFields(m.Header), m.Reply, id)
+	*buf = c.enc.appendStoredPub(*buf, m.Subject, m.Data, c.headerFields(m.Header), m.Reply, id, msgID)
 	if err := c.commit(buf, l, start); err != nil {
 		c.mu.Unlock()
 		return err
@@ -1013,7 +1047,8 @@ func (c *Conn) Drain(ctx context.Context) error {
 	err := c.Flush(ctx) // after the PONG, no MSG for those sids follows
 	for _, s := range subs {
 		c.removeSub(s)
-		s.terminate(ErrConnectionClosed, true)
+		// The UNSUB released a durable subscription's deliveries: they are not handed out any more.
+		s.terminate(ErrConnectionClosed, s.d == nil)
 	}
 	for _, s := range subs {
 		if err != nil {

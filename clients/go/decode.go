@@ -116,11 +116,11 @@ func (d *Decoder) decodeBody(from Sender, f *Frame) error {
 	op := Op(opv)
 	f.Op = op
 	nf := n - 1
-	if op < OpHello || op > OpCredit || !op.sentBy(from) {
+	if op < OpHello || op > opLast || !op.sentBy(from) {
 		if err := d.scanRest(nf, true); err != nil {
 			return err
 		}
-		if op < OpHello || op > OpCredit {
+		if op < OpHello || op > opLast {
 			return &ProtocolError{Code: CodeUnknownOp, Message: "unknown op " + op.String(), RefOp: op, Local: true}
 		}
 		return &ProtocolError{Code: CodeUnexpectedOp, Message: op.String() + " may not be sent by this side", RefOp: op, Local: true}
@@ -183,7 +183,12 @@ func grammar(f *Frame) Code {
 				return c
 			}
 		}
-		return checkHeaderFields(f.Headers)
+		if c := checkHeaderFields(f.Headers); c != 0 {
+			return c
+		}
+		if f.HasMsgID && !validMsgID(f.MsgID) {
+			return CodeInvalidOption
+		}
 	case OpSub:
 		if c := checkSubject(f.Subject, true); c != 0 {
 			return c
@@ -210,13 +215,13 @@ func (d *Decoder) fields(f *Frame, nf int) (int, error) {
 	case OpWelcome:
 		required, defined = 5, 5
 	case OpPub:
-		required, defined = 2, 5
+		required, defined = 2, 6
 	case OpSub:
 		required, defined = 2, 4
 	case OpUnsub:
 		required, defined = 1, 2
 	case OpMsg:
-		required, defined = 3, 6
+		required, defined = 3, 7
 	case OpReq:
 		required, defined = 3, 5
 	case OpRes:
@@ -233,8 +238,10 @@ func (d *Decoder) fields(f *Frame, nf int) (int, error) {
 		required, defined = 2, 2
 	case OpNak:
 		required, defined = 2, 3
-	case OpCredit:
+	case OpCredit, OpProgress:
 		required, defined = 2, 2
+	case OpTerm:
+		required, defined = 2, 3
 	}
 	if nf < required {
 		return 0, malformed(f.Op.String() + " misses a required field")
@@ -291,6 +298,8 @@ func (d *Decoder) field(f *Frame, i int, req bool) error {
 			f.ReplyTo, f.HasReplyTo, err = d.readStr(req)
 		case 4:
 			f.Ack, err = d.readID(req)
+		case 5:
+			f.MsgID, f.HasMsgID, err = d.readStr(req)
 		}
 	case OpSub:
 		switch i {
@@ -324,6 +333,8 @@ func (d *Decoder) field(f *Frame, i int, req bool) error {
 			f.ReplyTo, f.HasReplyTo, err = d.readStr(req)
 		case 5:
 			f.DeliveryID, err = d.readUint(req)
+		case 6:
+			f.Attempt, err = d.readUint(req)
 		}
 	case OpReq:
 		switch i {
@@ -384,7 +395,7 @@ func (d *Decoder) field(f *Frame, i int, req bool) error {
 		case 2:
 			f.Servers, err = d.readStrArray()
 		}
-	case OpAck, OpNak, OpCredit:
+	case OpAck, OpNak, OpCredit, OpProgress, OpTerm:
 		switch i {
 		case 0:
 			f.SID, err = d.readID(req)
@@ -397,7 +408,11 @@ func (d *Decoder) field(f *Frame, i int, req bool) error {
 				f.DeliveryID = v
 			}
 		case 2:
-			f.DelayMS, err = d.readUint(req)
+			if f.Op == OpTerm {
+				f.Reason, f.HasReason, err = d.readStr(req)
+			} else {
+				f.DelayMS, err = d.readUint(req)
+			}
 		}
 	}
 	return err

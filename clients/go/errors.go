@@ -54,27 +54,38 @@ var (
 	ErrInvalidArg           = errors.New("busgate: invalid argument")
 	ErrSyncSubRequired      = errors.New("busgate: NextMsg needs a subscription made with SubscribeSync")
 
+	// Durable consumption (section 16).
+	ErrNotDurable    = errors.New("busgate: the message is not a durable delivery")
+	ErrMsgSettled    = errors.New("busgate: the delivery was already acknowledged, nakked or terminated")
+	ErrStaleDelivery = errors.New("busgate: the delivery arrived on a connection that has ended; the gateway released it for redelivery")
+	ErrConsumeActive = errors.New("busgate: Consume is already running on this subscription")
+
 	// Matched by codes.
-	ErrTimeout              = errors.New("busgate: timeout")                           // REQUEST_TIMEOUT, or a local deadline
-	ErrNoResponders         = errors.New("busgate: no responders")                     // NO_RESPONDERS
-	ErrPermissionDenied     = errors.New("busgate: permission denied")                 // PERMISSION_DENIED
-	ErrBadSubject           = errors.New("busgate: invalid subject")                   // INVALID_SUBJECT, WILDCARD_NOT_ALLOWED, RESERVED_SUBJECT
-	ErrBadHeader            = errors.New("busgate: invalid header")                    // INVALID_HEADER, RESERVED_HEADER
-	ErrBadQueue             = errors.New("busgate: invalid queue group")               // INVALID_QUEUE
-	ErrMaxPayload           = errors.New("busgate: payload too large")                 // PAYLOAD_TOO_LARGE
-	ErrMaxFrame             = errors.New("busgate: frame too large")                   // FRAME_TOO_LARGE
-	ErrTooManySubscriptions = errors.New("busgate: too many subscriptions")            // TOO_MANY_SUBSCRIPTIONS
-	ErrRateLimited          = errors.New("busgate: publish rate limited")              // RATE_LIMITED
-	ErrTooManyRequests      = errors.New("busgate: too many requests in flight")       // TOO_MANY_REQUESTS
-	ErrTooManyConnections   = errors.New("busgate: too many connections")              // TOO_MANY_CONNECTIONS
-	ErrSlowConsumer         = errors.New("busgate: slow consumer")                     // SLOW_CONSUMER_WARNING, SLOW_CONSUMER, and local pending limits
-	ErrAuthFailed           = errors.New("busgate: authentication failed")             // AUTH_FAILED, AUTH_REVOKED, AUTH_METHOD_UNSUPPORTED
-	ErrUnsupportedVersion   = errors.New("busgate: no common protocol version")        // UNSUPPORTED_VERSION
-	ErrBusUnavailable       = errors.New("busgate: bus unavailable")                   // BUS_UNAVAILABLE
-	ErrShuttingDown         = errors.New("busgate: gateway shutting down")             // SHUTTING_DOWN
-	ErrNotSupported         = errors.New("busgate: not supported by this gateway")     // NOT_SUPPORTED
-	ErrMalformedFrame       = errors.New("busgate: malformed frame")                   // MALFORMED_FRAME
-	ErrIdleTimeout          = errors.New("busgate: closed by the gateway for silence") // IDLE_TIMEOUT
+	ErrTimeout              = errors.New("busgate: timeout")                              // REQUEST_TIMEOUT, or a local deadline
+	ErrNoResponders         = errors.New("busgate: no responders")                        // NO_RESPONDERS
+	ErrPermissionDenied     = errors.New("busgate: permission denied")                    // PERMISSION_DENIED
+	ErrBadSubject           = errors.New("busgate: invalid subject")                      // INVALID_SUBJECT, WILDCARD_NOT_ALLOWED, RESERVED_SUBJECT
+	ErrBadHeader            = errors.New("busgate: invalid header")                       // INVALID_HEADER, RESERVED_HEADER
+	ErrBadQueue             = errors.New("busgate: invalid queue group")                  // INVALID_QUEUE
+	ErrMaxPayload           = errors.New("busgate: payload too large")                    // PAYLOAD_TOO_LARGE
+	ErrMaxFrame             = errors.New("busgate: frame too large")                      // FRAME_TOO_LARGE
+	ErrTooManySubscriptions = errors.New("busgate: too many subscriptions")               // TOO_MANY_SUBSCRIPTIONS
+	ErrRateLimited          = errors.New("busgate: publish rate limited")                 // RATE_LIMITED
+	ErrTooManyRequests      = errors.New("busgate: too many requests in flight")          // TOO_MANY_REQUESTS
+	ErrTooManyConnections   = errors.New("busgate: too many connections")                 // TOO_MANY_CONNECTIONS
+	ErrSlowConsumer         = errors.New("busgate: slow consumer")                        // SLOW_CONSUMER_WARNING, SLOW_CONSUMER, and local pending limits
+	ErrAuthFailed           = errors.New("busgate: authentication failed")                // AUTH_FAILED, AUTH_REVOKED, AUTH_METHOD_UNSUPPORTED
+	ErrUnsupportedVersion   = errors.New("busgate: no common protocol version")           // UNSUPPORTED_VERSION
+	ErrBusUnavailable       = errors.New("busgate: bus unavailable")                      // BUS_UNAVAILABLE
+	ErrShuttingDown         = errors.New("busgate: gateway shutting down")                // SHUTTING_DOWN
+	ErrNotSupported         = errors.New("busgate: not supported by this gateway")        // NOT_SUPPORTED
+	ErrMalformedFrame       = errors.New("busgate: malformed frame")                      // MALFORMED_FRAME
+	ErrIdleTimeout          = errors.New("busgate: closed by the gateway for silence")    // IDLE_TIMEOUT
+	ErrInvalidOption        = errors.New("busgate: invalid option")                       // INVALID_OPTION
+	ErrUnknownDelivery      = errors.New("busgate: delivery not outstanding")             // UNKNOWN_DELIVERY
+	ErrUnknownStream        = errors.New("busgate: no stream stores the subject")         // UNKNOWN_STREAM
+	ErrTooManyConsumers     = errors.New("busgate: too many durable consumers")           // TOO_MANY_CONSUMERS
+	ErrNotStored            = errors.New("busgate: the stream did not store the message") // NOT_STORED
 )
 
 func codeSentinel(c Code) error {
@@ -119,6 +130,16 @@ func codeSentinel(c Code) error {
 		return ErrMalformedFrame
 	case CodeIdleTimeout:
 		return ErrIdleTimeout
+	case CodeInvalidOption:
+		return ErrInvalidOption
+	case CodeUnknownDelivery:
+		return ErrUnknownDelivery
+	case CodeUnknownStream:
+		return ErrUnknownStream
+	case CodeTooManyConsumers:
+		return ErrTooManyConsumers
+	case CodeNotStored:
+		return ErrNotStored
 	}
 	return nil
 }

@@ -43,3 +43,36 @@ func Example() {
 
 	_ = nc.Drain(ctx) // unsubscribe, let handlers finish, wait for requests, close
 }
+
+// A durable work queue on the embedded default gateway (stream "jobs" stores jobs.>, consumer
+// "workers"); compiled by go test, not run.
+func Example_workQueue() {
+	nc, err := busgate.Connect("busgate://127.0.0.1:7422", busgate.Token("dev-token"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// Producer: returns once the stream has stored the job; a re-send with the same key is not
+	// stored twice.
+	err = nc.PublishAck(ctx, "jobs.resize", []byte("img-1"), busgate.WithMsgID("resize-img-1"))
+	if errors.Is(err, busgate.ErrNotStored) {
+		log.Fatal("the stream is full")
+	}
+
+	// Worker: at most 4 jobs at once; a failed job comes back after 1 s, then 10 s.
+	sub, err := nc.SubscribeDurable(ctx, "jobs.>", "workers", busgate.MaxInflight(4))
+	if err != nil {
+		log.Fatal(err) // busgate.ErrUnknownStream, busgate.ErrInvalidOption, ...
+	}
+	err = sub.Consume(ctx, func(ctx context.Context, m *busgate.Msg) error {
+		// Returning nil ACKs the job, an error NAKs it.
+		fmt.Println(m.Subject, string(m.Data), m.Attempt) // jobs.resize img-1 1
+		return nil
+	}, busgate.Concurrency(4), busgate.NakBackoff(time.Second, 10*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+}

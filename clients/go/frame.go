@@ -72,8 +72,8 @@ type Frame struct {
 	Tenant    string
 	Limits    Map
 
-	// PUB, SUB, UNSUB, MSG, REQ, RES, ACK, NAK, CREDIT
-	SID        uint64 // SUB, UNSUB, MSG, ACK, NAK, CREDIT
+	// PUB, SUB, UNSUB, MSG, REQ, RES, ACK, NAK, CREDIT, PROGRESS, TERM
+	SID        uint64 // SUB, UNSUB, MSG, ACK, NAK, CREDIT, PROGRESS, TERM
 	ReqID      uint64 // REQ, RES
 	Subject    string
 	Queue      string
@@ -83,8 +83,11 @@ type Frame struct {
 	ReplyTo    string
 	HasReplyTo bool
 	Ack        uint64 // PUB
+	MsgID      string // PUB: idempotency key, present when HasMsgID
+	HasMsgID   bool
 	MaxMsgs    uint64 // UNSUB
-	DeliveryID uint64 // MSG, ACK, NAK
+	DeliveryID uint64 // MSG, ACK, NAK, PROGRESS, TERM
+	Attempt    uint64 // MSG
 	TimeoutMS  uint64 // REQ
 	Status     Code   // RES
 	Credits    uint64 // CREDIT
@@ -95,10 +98,11 @@ type Frame struct {
 	RefOp   Op
 	RefID   uint64
 
-	// GOAWAY (DelayMS also NAK)
-	DelayMS uint64
-	Reason  string
-	Servers []string
+	// GOAWAY (DelayMS also NAK; Reason also TERM, where it is present when HasReason)
+	DelayMS   uint64
+	Reason    string
+	HasReason bool
+	Servers   []string
 }
 
 // sliceWriter lets a msgpack.Encoder append to a byte slice.
@@ -290,7 +294,7 @@ func (e *Encoder) body(f *Frame) error {
 		}
 		return e.mapValue(limits, 0)
 	case OpPub:
-		e.pub(f.Subject, f.Payload, f.Headers, f.ReplyTo, f.HasReplyTo, f.Ack)
+		e.pub(f.Subject, f.Payload, f.Headers, f.ReplyTo, f.HasReplyTo, f.Ack, f.MsgID, f.HasMsgID)
 	case OpSub:
 		n := 3
 		if f.HasQueue {
@@ -335,6 +339,9 @@ func (e *Encoder) body(f *Frame) error {
 		if f.DeliveryID != 0 {
 			n = 7
 		}
+		if f.Attempt != 0 {
+			n = 8
+		}
 		_ = e.enc.EncodeArrayLen(n)
 		e.uint(uint64(OpMsg))
 		e.uint(f.SID)
@@ -354,8 +361,11 @@ func (e *Encoder) body(f *Frame) error {
 				e.nils(1)
 			}
 		}
-		if n == 7 {
-			e.uint(f.DeliveryID)
+		if n >= 7 {
+			e.optUint(f.DeliveryID)
+		}
+		if n == 8 {
+			e.uint(f.Attempt)
 		}
 	case OpReq:
 		e.req(f.ReqID, f.Subject, f.Payload, f.Headers, f.TimeoutMS)
@@ -436,13 +446,40 @@ func (e *Encoder) body(f *Frame) error {
 		e.uint(uint64(OpCredit))
 		e.uint(f.SID)
 		e.uint(f.Credits)
+	case OpProgress:
+		_ = e.enc.EncodeArrayLen(3)
+		e.uint(uint64(OpProgress))
+		e.uint(f.SID)
+		e.uint(f.DeliveryID)
+	case OpTerm:
+		if f.HasReason {
+			_ = e.enc.EncodeArrayLen(4)
+		} else {
+			_ = e.enc.EncodeArrayLen(3)
+		}
+		e.uint(uint64(OpTerm))
+		e.uint(f.SID)
+		e.uint(f.DeliveryID)
+		if f.HasReason {
+			e.str(f.Reason)
+		}
 	default:
 		return protoErr(CodeUnknownOp, "cannot encode "+f.Op.String())
 	}
 	return nil
 }
 
-func (e *Encoder) pub(subject string, payload []byte, h []HeaderField, reply string, hasReply bool, ack uint64) {
+// optUint writes an optional uint field that precedes a present one: nil when it is 0 (absent).
+func (e *Encoder) optUint(v uint64) {
+	if v == 0 {
+		e.nils(1)
+	} else {
+		e.uint(v)
+	}
+}
+
+func (e *Encoder) pub(subject string, payload []byte, h []HeaderField, reply string, hasReply bool, ack uint64,
+	msgID string, hasMsgID bool) {
 	n := 3
 	if len(h) > 0 {
 		n = 4
@@ -452,6 +489,9 @@ func (e *Encoder) pub(subject string, payload []byte, h []HeaderField, reply str
 	}
 	if ack != 0 {
 		n = 6
+	}
+	if hasMsgID {
+		n = 7
 	}
 	e.w.b = append(e.w.b, 0x90|byte(n), byte(OpPub))
 	e.str(subject)
@@ -470,8 +510,11 @@ func (e *Encoder) pub(subject string, payload []byte, h []HeaderField, reply str
 			e.nils(1)
 		}
 	}
-	if n == 6 {
-		e.uint(ack)
+	if n >= 6 {
+		e.optUint(ack)
+	}
+	if n == 7 {
+		e.str(msgID)
 	}
 }
 
@@ -503,7 +546,16 @@ func (e *Encoder) req(id uint64, subject string, payload []byte, h []HeaderField
 func (e *Encoder) appendPub(dst []byte, subject string, data []byte, h []HeaderField, reply string, ack uint64) []byte {
 	start := len(dst)
 	e.w.b = append(dst, 0, 0, 0, 0)
-	e.pub(subject, data, h, reply, reply != "", ack)
+	e.pub(subject, data, h, reply, reply != "", ack, "", false)
+	return e.finish(start)
+}
+
+// appendStoredPub appends a PUB frame with an ack id and an idempotency key (empty: none).
+func (e *Encoder) appendStoredPub(dst []byte, subject string, data []byte, h []HeaderField, reply string, ack uint64,
+	msgID string) []byte {
+	start := len(dst)
+	e.w.b = append(dst, 0, 0, 0, 0)
+	e.pub(subject, data, h, reply, reply != "", ack, msgID, msgID != "")
 	return e.finish(start)
 }
 

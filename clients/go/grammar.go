@@ -159,3 +159,17 @@ func checkHeaderMap(h Header) Code {
 	}
 	return 0
 }
+
+// validMsgID reports whether id is a valid PUB msg_id (section 16.5): 1 to 128 bytes of printable
+// ASCII without spaces.
+func validMsgID(id string) bool {
+	if len(id) == 0 || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= 0x20 || id[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}

@@ -51,6 +51,7 @@ func (f *Frame) positional() []any {
 		opt(len(f.Headers) > 0, hdr())
 		opt(f.HasReplyTo, f.ReplyTo)
 		opt(f.Ack != 0, f.Ack)
+		opt(f.HasMsgID, f.MsgID)
 	case OpSub:
 		v = append(v, f.SID, f.Subject)
 		opt(f.HasQueue, f.Queue)
@@ -63,6 +64,7 @@ func (f *Frame) positional() []any {
 		opt(len(f.Headers) > 0, hdr())
 		opt(f.HasReplyTo, f.ReplyTo)
 		opt(f.DeliveryID != 0, f.DeliveryID)
+		opt(f.Attempt != 0, f.Attempt)
 	case OpReq:
 		v = append(v, f.ReqID, f.Subject, payload(f.Payload))
 		opt(len(f.Headers) > 0, hdr())
@@ -86,6 +88,11 @@ func (f *Frame) positional() []any {
 		opt(f.DelayMS != 0, f.DelayMS)
 	case OpCredit:
 		v = append(v, f.SID, f.Credits)
+	case OpProgress:
+		v = append(v, f.SID, f.DeliveryID)
+	case OpTerm:
+		v = append(v, f.SID, f.DeliveryID)
+		opt(f.HasReason, f.Reason)
 	}
 	for len(v) > 0 && v[len(v)-1] == nil {
 		v = v[:len(v)-1]
@@ -224,7 +231,7 @@ func ParseJSON(text []byte, from Sender) (*Frame, error) {
 		return nil, malformed("op is not a uint")
 	}
 	f := &Frame{Op: Op(opv)}
-	if f.Op < OpHello || f.Op > OpCredit {
+	if f.Op < OpHello || f.Op > opLast {
 		return f, &ProtocolError{Code: CodeUnknownOp, Message: "unknown op", RefOp: f.Op, Local: true}
 	}
 	if !f.Op.sentBy(from) {
@@ -472,19 +479,21 @@ func (f *Frame) fromJSONFields(a []any) error {
 	case OpWelcome:
 		required, defined = 5, 5
 	case OpPub:
-		required, defined = 2, 5
+		required, defined = 2, 6
 	case OpSub:
 		required, defined = 2, 4
 	case OpUnsub:
 		required, defined = 1, 2
 	case OpMsg:
-		required, defined = 3, 6
+		required, defined = 3, 7
 	case OpReq:
 		required, defined = 3, 5
 	case OpRes:
 		required, defined = 3, 4
-	case OpOK, OpAck, OpCredit:
+	case OpOK, OpAck, OpCredit, OpProgress:
 		required, defined = 2, 2
+	case OpTerm:
+		required, defined = 2, 3
 	case OpErr:
 		required, defined = 2, 4
 	case OpGoAway:
@@ -556,10 +565,14 @@ func (f *Frame) fromJSONFields(a []any) error {
 			f.ReplyTo, f.HasReplyTo, e = jsonStr(a[3], false)
 			set(e)
 			f.Ack, e = jsonID(a[4], false)
+			set(e)
+			f.MsgID, f.HasMsgID, e = jsonStr(a[5], false)
 		case OpMsg:
 			f.ReplyTo, f.HasReplyTo, e = jsonStr(a[4], false)
 			set(e)
 			f.DeliveryID, e = jsonUint(a[5], false)
+			set(e)
+			f.Attempt, e = jsonUint(a[6], false)
 		case OpReq:
 			f.TimeoutMS, e = jsonUint(a[4], false)
 		}
@@ -624,7 +637,7 @@ func (f *Frame) fromJSONFields(a []any) error {
 				f.Servers = append(f.Servers, s)
 			}
 		}
-	case OpAck, OpNak, OpCredit:
+	case OpAck, OpNak, OpCredit, OpProgress, OpTerm:
 		f.SID, e = jsonID(a[0], true)
 		set(e)
 		var v uint64
@@ -635,8 +648,12 @@ func (f *Frame) fromJSONFields(a []any) error {
 		} else {
 			f.DeliveryID = v
 		}
-		if f.Op == OpNak {
+		switch f.Op {
+		case OpNak:
 			f.DelayMS, e = jsonUint(a[2], false)
+			set(e)
+		case OpTerm:
+			f.Reason, f.HasReason, e = jsonStr(a[2], false)
 			set(e)
 		}
 	}

@@ -36,6 +36,7 @@ type link struct {
 	goaway       bool
 	synced       bool // the PONG after the resubscriptions arrived
 	syncPong     chan error
+	settles      map[chan error]*settleWait // PINGs sent right after an ACK, NAK, PROGRESS or TERM
 
 	flushSig chan struct{}
 	done     chan struct{}
@@ -224,6 +225,10 @@ func (l *link) process(f *Frame) error {
 		if s == nil {
 			return nil // a sid this client no longer knows (section 7.4)
 		}
+		if s.d != nil {
+			c.durableDelivered(l, s, f)
+			return nil
+		}
 		m := &Msg{Subject: f.Subject, Reply: f.ReplyTo, Data: f.Payload, DeliveryID: f.DeliveryID, Sub: s, conn: c, l: l}
 		m.Header, m.Tenant = headerMap(f.Headers)
 		if f.HasReplyTo && isInbox(f.ReplyTo) {
@@ -259,6 +264,9 @@ func (l *link) process(f *Frame) error {
 			}
 		case OpSub:
 			if s := c.lookupSub(f.RefID); s != nil {
+				if s.d != nil {
+					c.durableLive(l, s)
+				}
 				s.confirm(nil)
 			}
 		}
@@ -280,7 +288,12 @@ func (l *link) process(f *Frame) error {
 					l.synced = true
 					c.notifyState()
 				}
-				ch <- nil
+				var err error
+				if w := l.settles[ch]; w != nil {
+					delete(l.settles, ch)
+					err = w.err
+				}
+				ch <- err
 			}
 		}
 		c.mu.Unlock()
@@ -324,6 +337,12 @@ func (l *link) processErr(f *Frame) error {
 		s.confirm(perr)
 		s.terminate(perr, false)
 		c.asyncError(s, perr)
+	case OpAck, OpNak, OpProgress, OpTerm:
+		if !c.settleFailed(l, perr) {
+			c.asyncError(c.lookupSub(f.RefID), perr)
+		}
+	case OpCredit:
+		c.asyncError(c.lookupSub(f.RefID), perr)
 	default:
 		c.asyncError(nil, perr)
 	}
@@ -474,5 +493,5 @@ func (c *Conn) hasPending(l *link) bool {
 			return true
 		}
 	}
-	return false
+	return c.durableUnsettled(l)
 }

@@ -31,13 +31,18 @@ type Msg struct {
 	// is not repeated in Header. Ignored when publishing.
 	Tenant string
 
-	// DeliveryID is set only on subscriptions with explicit acknowledgement (reserved, section 16).
+	// DeliveryID and Attempt are set on deliveries of a durable subscription (section 16.2): the
+	// delivery's id on its subscription, and 1 for the first delivery of the message, 2 for the
+	// first redelivery, and so on. Settle such a message with Ack, Nak or Term.
 	DeliveryID uint64
+	Attempt    uint64
 
-	Sub     *Subscription // the subscription it arrived on; nil for published messages and replies
+	Sub     *Subscription // the subscription it arrived on; nil for durable deliveries, published messages and replies
 	conn    *Conn
-	l       *link // the connection it arrived on
-	granted bool  // it carries an _INBOX. reply subject not yet answered; guarded by conn.mu
+	l       *link         // the connection it arrived on
+	granted bool          // it carries an _INBOX. reply subject not yet answered; guarded by conn.mu
+	dsub    *Subscription // the durable subscription it was delivered on
+	settled bool          // ACK, NAK or TERM sent; guarded by conn.mu
 }
 
 // Respond publishes data to the message's reply subject. A message that arrived through a request

@@ -18,6 +18,7 @@ const (
 	subAsync subKind = iota
 	subChan
 	subSync
+	subDurable // read through a DurableSubscription
 )
 
 // Subscription is interest in a subject (section 7.4). Messages arrive on a goroutine of the
@@ -33,6 +34,7 @@ type Subscription struct {
 	kind    subKind
 	handler MsgHandler
 	ch      chan<- *Msg
+	d       *durableState // durable subscriptions only
 
 	mu         sync.Mutex
 	q          []*Msg
@@ -112,13 +114,25 @@ func (c *Conn) subscribe(subject, queue string, kind subKind, h MsgHandler, ch c
 			return nil, protoErr(code, fmt.Sprintf("queue %q", queue))
 		}
 	}
-	s := &Subscription{
+	s := c.newSub(subject, queue, kind)
+	s.handler, s.ch = h, ch
+	if err := c.addSub(s); err != nil {
+		return nil, err
+	}
+	if kind != subSync {
+		go s.deliverLoop()
+	} else {
+		close(s.done)
+	}
+	return s, nil
+}
+
+func (c *Conn) newSub(subject, queue string, kind subKind) *Subscription {
+	return &Subscription{
 		Subject:    subject,
 		Queue:      queue,
 		conn:       c,
 		kind:       kind,
-		handler:    h,
-		ch:         ch,
 		notify:     make(chan struct{}, 1),
 		closedCh:   make(chan struct{}),
 		ready:      make(chan struct{}),
@@ -126,36 +140,44 @@ func (c *Conn) subscribe(subject, queue string, kind subKind, h MsgHandler, ch c
 		msgLimit:   c.opts.PendingMsgsLimit,
 		bytesLimit: c.opts.PendingBytesLimit,
 	}
+}
+
+// addSub gives s a sid, registers it and sends its SUB (or leaves it for the next connection).
+func (c *Conn) addSub(s *Subscription) error {
 	c.mu.Lock()
 	switch {
 	case c.status == StatusClosed:
 		c.mu.Unlock()
-		return nil, ErrConnectionClosed
+		return ErrConnectionClosed
 	case c.draining:
 		c.mu.Unlock()
-		return nil, ErrConnectionDraining
+		return ErrConnectionDraining
 	}
 	c.subsMu.Lock()
 	if max := c.info.Limits.MaxSubs; max > 0 && len(c.subs) >= max {
 		c.subsMu.Unlock()
 		c.mu.Unlock()
-		return nil, protoErr(CodeTooManySubscriptions, fmt.Sprintf("max_subs is %d", max))
+		return protoErr(CodeTooManySubscriptions, fmt.Sprintf("max_subs is %d", max))
 	}
 	s.sid = c.allocID(&c.nextSID, func(id uint64) bool { _, used := c.subs[id]; return used })
 	c.subs[s.sid] = s
 	c.subsMu.Unlock()
 	if l := c.cur; l != nil {
-		f := Frame{Op: OpSub, SID: s.sid, Subject: subject, Queue: queue, HasQueue: queue != ""}
+		f := s.subFrame()
 		l.wbuf, _ = c.enc.AppendFrame(l.wbuf, &f)
 		l.signal()
 	} // else the SUB is sent when the next link is installed
 	c.mu.Unlock()
-	if kind != subSync {
-		go s.deliverLoop()
-	} else {
-		close(s.done)
+	return nil
+}
+
+// subFrame is the SUB that creates s on a connection.
+func (s *Subscription) subFrame() Frame {
+	f := Frame{Op: OpSub, SID: s.sid, Subject: s.Subject, Queue: s.Queue, HasQueue: s.Queue != ""}
+	if s.d != nil {
+		f.Opts = s.d.opts
 	}
-	return s, nil
+	return f
 }
 
 func (c *Conn) lookupSub(sid uint64) *Subscription {
@@ -336,6 +358,12 @@ func (s *Subscription) NextMsg(ctx context.Context) (*Msg, error) {
 	if s.kind != subSync {
 		return nil, ErrSyncSubRequired
 	}
+	return s.next(ctx)
+}
+
+// next takes the oldest queued message, waiting until one arrives, the subscription ends or ctx
+// ends.
+func (s *Subscription) next(ctx context.Context) (*Msg, error) {
 	s.mu.Lock()
 	for s.head == len(s.q) {
 		if s.closed {
@@ -389,6 +417,9 @@ func (s *Subscription) Unsubscribe() error {
 		f := Frame{Op: OpUnsub, SID: s.sid}
 		l.wbuf, _ = c.enc.AppendFrame(l.wbuf, &f)
 		l.signal()
+	}
+	if s.d != nil {
+		c.durableUnsubOld(s)
 	}
 	c.mu.Unlock()
 	s.terminate(ErrBadSubscription, false)
