@@ -92,7 +92,7 @@ after(async () => {
   if (gw) gw.kill("SIGTERM");
 });
 
-test("the console subscribes, shows live messages, sends requests and inspects frames", async () => {
+async function openConsole() {
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   await page.goto(`http://${httpAddr}/debug?token=dev-token`);
   assert.equal(await page.title(), "busgate console");
@@ -100,6 +100,27 @@ test("the console subscribes, shows live messages, sends requests and inspects f
   await page.click("#connect");
   await page.waitForSelector("#status.open");
   assert.match(await page.textContent("#welcome"), /tenant demo/);
+  return page;
+}
+
+// Waits until the frame inspector shows a frame sent ("out") or received ("in") whose JSON starts
+// with `prefix`; returns the inspector's text for it.
+async function frameLogged(page, dir, prefix, timeout = 5000) {
+  const handle = await page.waitForFunction(([dir, prefix]) => {
+    for (const tr of document.querySelectorAll(`#frames tbody tr[data-dir='${dir}']`))
+      if (tr.cells[3].textContent.startsWith(prefix)) return tr.cells[3].textContent;
+    return null;
+  }, [dir, prefix], { timeout });
+  return handle.jsonValue();
+}
+
+async function framesLogged(page, dir, prefix) {
+  return page.evaluate(([dir, prefix]) => Array.from(document.querySelectorAll(`#frames tbody tr[data-dir='${dir}']`))
+    .map((tr) => tr.cells[3].textContent).filter((t) => t.startsWith(prefix)), [dir, prefix]);
+}
+
+test("the console subscribes, shows live messages, sends requests and inspects frames", async () => {
+  const page = await openConsole();
 
   // subscribe in the page, publish from a TCP client, see the message
   await page.fill("#sub-subject", "orders.>");
@@ -140,4 +161,160 @@ test("the console subscribes, shows live messages, sends requests and inspects f
   fs.mkdirSync(OUT, { recursive: true });
   await page.screenshot({ path: path.join(OUT, "console.png"), fullPage: true });
   tcp.sock.destroy();
+});
+
+// The --dev default has a stream `jobs` storing jobs.> and a declared consumer `workers` on jobs.>.
+test("the console consumes a durable subscription: delivery id and attempt, Nak redelivers, Ack ends it", async () => {
+  const page = await openConsole();
+  try {
+    await page.fill("#sub-subject", "jobs.>");
+    await page.fill("#sub-durable", "workers");
+    await page.click("#subscribe");
+    await frameLogged(page, "out", '[4,1,"jobs.>",null,{"durable":"workers"}]');
+    await frameLogged(page, "in", "[9,4,1]");
+    assert.match(await page.textContent("#subs tbody tr"), /durable workers/);
+
+    // publish from the page, asking for an ack and giving a msg_id: OK once stored
+    await page.fill("#pub-subject", "jobs.x");
+    await page.fill("#pub-payload", "resize img-1");
+    assert.ok(await page.isChecked("#pub-ack"));
+    await page.fill("#pub-msgid", "img-1");
+    await page.click("#publish");
+    await frameLogged(page, "out", '[3,"jobs.x","resize img-1",null,null,1,"img-1"]');
+    await frameLogged(page, "in", "[9,3,1]");
+    await page.waitForFunction(() => document.querySelector("#pub-result").textContent === "published jobs.x (msg_id img-1)");
+
+    // the delivery: id 1, attempt 1, with its buttons
+    const first = page.locator("#messages tr[data-sid='1'][data-delivery='1']");
+    await first.waitFor();
+    assert.equal(await first.getAttribute("data-attempt"), "1");
+    assert.equal(await first.getAttribute("data-subject"), "jobs.x");
+    assert.equal(await first.locator("td.payload").textContent(), "resize img-1");
+    assert.match(await first.locator("td.delivery").textContent(), /#1 · attempt 1/);
+    const msg1 = await frameLogged(page, "in", '[6,1,"jobs.x","resize img-1",');
+    assert.match(msg1, /,null,1,1\]$/, "MSG fields 6 and 7: delivery id 1, attempt 1");
+    fs.mkdirSync(OUT, { recursive: true });
+    await page.screenshot({ path: path.join(OUT, "console-durable-delivered.png"), fullPage: true });
+
+    // Nak: the same message comes back as delivery 2, attempt 2
+    await first.locator("button.nak").click();
+    await frameLogged(page, "out", "[15,1,1]");
+    const second = page.locator("#messages tr[data-sid='1'][data-delivery='2']");
+    await second.waitFor();
+    assert.equal(await second.getAttribute("data-attempt"), "2");
+    assert.equal(await second.locator("td.payload").textContent(), "resize img-1");
+    assert.match(await second.locator("td.delivery").textContent(), /#2 · attempt 2/);
+    await page.waitForSelector("#messages tr[data-delivery='1'][data-state='nakked']");
+    assert.match(await first.locator(".outcome").textContent(), /^nakked at /);
+
+    // In progress is accepted (no ERR); Ack settles the delivery
+    await second.locator("button.progress").click();
+    await frameLogged(page, "out", "[17,1,2]");
+    await page.waitForFunction(() => /^in progress/.test(document.querySelector("#messages tr[data-delivery='2'] .outcome").textContent));
+    await second.locator("button.ack").click();
+    await frameLogged(page, "out", "[14,1,2]");
+    await page.waitForSelector("#messages tr[data-delivery='2'][data-state='acked']");
+    assert.match(await second.locator(".outcome").textContent(), /^acked at /);
+    assert.deepEqual(await framesLogged(page, "in", "[10,"), [], "no ERR so far");
+
+    // a second Ack: the delivery is no longer outstanding, the gateway says so and the row shows it
+    await second.locator("button.ack").click();
+    const err = await frameLogged(page, "in", "[10,310,");
+    assert.match(err, /,14,1\]\s+\(UNKNOWN_DELIVERY\)$/);
+    await page.waitForFunction(() => document.querySelector("#messages tr[data-delivery='2'] .outcome").textContent.startsWith("ACK: UNKNOWN_DELIVERY"));
+    assert.equal(await page.getAttribute("#messages tr[data-delivery='2'] .outcome", "class"), "outcome errtext");
+    await page.screenshot({ path: path.join(OUT, "console-durable-acked.png"), fullPage: true });
+
+    // nothing more arrives: not now, nor after the subscription ends and a new one binds to the
+    // consumer (an unacknowledged delivery would be released and redelivered at once)
+    await page.waitForTimeout(1500);
+    assert.equal(await page.locator("#messages tbody tr").count(), 2);
+    await page.click("#subs tbody tr button[title='unsubscribe']");
+    await frameLogged(page, "out", "[5,1]");
+    await page.click("#subscribe");
+    await frameLogged(page, "in", "[9,4,2]");
+    await page.waitForTimeout(1500);
+    assert.equal(await page.locator("#messages tbody tr").count(), 2);
+    const msgs = (await framesLogged(page, "in", "[6,")).reverse();  // the inspector lists newest first
+    assert.equal(msgs.length, 2, "exactly two MSG frames: " + msgs.join(" | "));
+    assert.match(msgs[0], /^\[6,1,"jobs\.x","resize img-1",.*,null,1,1\]$/);
+    assert.match(msgs[1], /^\[6,1,"jobs\.x","resize img-1",.*,null,2,2\]$/);
+    assert.equal(await page.textContent("#subs tbody tr td:nth-child(3)"), "0");
+    assert.ok(await first.locator("button.ack").isDisabled(), "the ended subscription's rows lose their buttons");
+  } finally {
+    await page.close();
+  }
+});
+
+test("the console terminates a delivery and reads the dead letter through a credit-flow subscription", async () => {
+  const page = await openConsole();
+  try {
+    await page.fill("#sub-subject", "jobs.>");
+    await page.fill("#sub-durable", "workers");
+    await page.click("#subscribe");
+    await frameLogged(page, "in", "[9,4,1]");
+    await page.fill("#pub-subject", "jobs.broken");
+    await page.fill("#pub-payload", "bad input");
+    await page.click("#publish");
+    await frameLogged(page, "in", "[9,3,1]");
+    const job = page.locator("#messages tr[data-sid='1'][data-subject='jobs.broken']");
+    await job.waitFor();
+    assert.equal(await job.getAttribute("data-attempt"), "1");
+    const id = Number(await job.getAttribute("data-delivery"));
+    assert.ok(id >= 1);
+
+    // Term asks for a reason, sends it in TERM field 3
+    page.once("dialog", (d) => d.accept("corrupt image"));
+    await job.locator("button.term").click();
+    await frameLogged(page, "out", `[18,1,${id},"corrupt image"]`);
+    await page.waitForSelector(`#messages tr[data-delivery='${id}'][data-state='termed']`);
+
+    // the dead letter, through a client-created consumer with credit flow: nothing until Credit
+    await page.fill("#sub-subject", "deadletter.workers");
+    await page.fill("#sub-durable", "console-dead");
+    await page.fill("#sub-inflight", "5");
+    await page.check("#sub-credit");
+    await page.click("#subscribe");
+    await frameLogged(page, "out", '[4,2,"deadletter.workers",null,{"durable":"console-dead","max_inflight":5,"flow":"credit"}]');
+    await frameLogged(page, "in", "[9,4,2]");
+    const subRow = page.locator("#subs tbody tr[data-sid='2']");
+    assert.match(await subRow.textContent(), /durable console-dead.*max_inflight 5.*credit flow.*credits left 0/);
+    await page.waitForTimeout(1000);
+    assert.equal(await page.locator("#messages tr[data-sid='2']").count(), 0, "no MSG before credits are granted");
+
+    await subRow.locator("input.credit-n").fill("1");
+    await subRow.locator("button.credit").click();
+    await frameLogged(page, "out", "[16,2,1]");
+    const dead = page.locator("#messages tr[data-sid='2'][data-delivery='1']");
+    await dead.waitFor();
+    assert.equal(await dead.getAttribute("data-subject"), "deadletter.workers");
+    assert.equal(await dead.getAttribute("data-attempt"), "1");
+    assert.equal(await dead.locator("td.payload").textContent(), "bad input");
+    const headers = JSON.parse(await dead.locator("td:nth-child(5)").textContent());
+    assert.equal(headers["busgate-dead-reason"], "terminated: corrupt image");
+    assert.equal(headers["busgate-subject"], "jobs.broken");
+    assert.equal(headers["busgate-consumer"], "workers");
+    assert.match(await subRow.textContent(), /credits left 0/);
+    await dead.locator("button.ack").click();
+    await page.waitForSelector("#messages tr[data-sid='2'][data-delivery='1'][data-state='acked']");
+    assert.deepEqual(await framesLogged(page, "in", "[10,"), [], "no ERR");
+    fs.mkdirSync(OUT, { recursive: true });
+    await page.screenshot({ path: path.join(OUT, "console-durable-dead-letter.png"), fullPage: true });
+
+    // a reconnect: the old connection's delivery ids mean nothing any more, so their buttons go;
+    // the subscriptions are made again with their options, credits start from zero
+    await page.click("#disconnect");
+    await page.waitForSelector("#status.closed");
+    assert.ok(await dead.locator("button.ack").isDisabled());
+    assert.ok(await job.locator("button.nak").isDisabled());
+    await page.click("#frame-clear");
+    await page.click("#connect");
+    await page.waitForSelector("#status.open");
+    await frameLogged(page, "out", '[4,1,"jobs.>",null,{"durable":"workers"}]');
+    await frameLogged(page, "out", '[4,2,"deadletter.workers",null,{"durable":"console-dead","max_inflight":5,"flow":"credit"}]');
+    await frameLogged(page, "in", "[9,4,2]");
+    assert.match(await subRow.textContent(), /credits left 0/);
+  } finally {
+    await page.close();
+  }
 });
