@@ -256,7 +256,7 @@ void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
   auto msg = std::make_shared<const BusMessage>(subject, reply, headers, p.payload);
   tenant_->msgs_in.fetch_add(1, std::memory_order_relaxed);
   tenant_->bytes_in.fetch_add(p.payload.size(), std::memory_order_relaxed);
-  if ((ref || p.msg_id) && !c.streams.empty() && publish_stored(p, std::move(msg))) return;
+  if ((ref || p.msg_id) && !c.streams.empty() && publish_stored(p, msg)) return;
   const Code rc = server_.bus().publish(std::move(msg), ref != 0);
   if (rc != Code::ok) return send_err(rc, "the bus did not accept the message", 3, ref);
   if (ref) send_ok(3, ref);

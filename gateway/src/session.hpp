@@ -88,7 +88,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_settle(uint64_t op, uint32_t sid, uint64_t delivery_id, uint64_t delay_ms, std::string_view reason);
   void on_credit(const proto::Credit& c);
   // A PUB to a subject a stream stores, with ack or msg_id: answered once stored.
-  bool publish_stored(const proto::Pub& p, BusMessagePtr msg);
+  bool publish_stored(const proto::Pub& p, const BusMessagePtr& msg);
   void end_durable(SubState& st);
   void finish_sub(const std::shared_ptr<SubState>& st);
   void on_req(const proto::Req& q, const proto::DecodeResult& r);

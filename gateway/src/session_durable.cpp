@@ -302,7 +302,7 @@ void Session::end_durable(SubState& st) {
   }
 }
 
-bool Session::publish_stored(const proto::Pub& p, BusMessagePtr msg) {
+bool Session::publish_stored(const proto::Pub& p, const BusMessagePtr& msg) {
   const TenantConfig& c = cfg();
   bool stored = false;
   for (const auto& st : c.streams)
@@ -313,7 +313,7 @@ bool Session::publish_stored(const proto::Pub& p, BusMessagePtr msg) {
   if (!bus) return false;
   const uint64_t ref = p.ack;
   std::weak_ptr<Session> weak = weak_from_this();
-  bus->publish_stored(std::move(msg), p.msg_id ? std::string(*p.msg_id) : std::string{},
+  bus->publish_stored(msg, p.msg_id ? std::string(*p.msg_id) : std::string{},
                       [weak, ref, ex = ex_](Code code, std::string why) {
                         if (!ref && code == Code::ok) return;
                         asio::post(ex, [weak, ref, code, why = std::move(why)] {

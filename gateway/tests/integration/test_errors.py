@@ -144,16 +144,19 @@ def test_nonfatal_errors_keep_the_connection(gw, clients):
         (11, (SUB, 11, "a b"), "INVALID_SUBJECT"),
         (12, (SUB, 12, "$JS.>"), "RESERVED_SUBJECT"),
         (13, (SUB, 13, "a", "bad.queue"), "INVALID_QUEUE"),
-        (14, (SUB, 14, "a", None, {"durable": "d1"}), "NOT_SUPPORTED"),
+        (14, (SUB, 14, "a", None, {"durable": "d1", "colour": "red"}), "NOT_SUPPORTED"),
+        (15, (SUB, 15, "a", None, {"durable": "d1"}), "UNKNOWN_STREAM"),
+        (16, (SUB, 16, "a", None, {"durable": 7}), "INVALID_OPTION"),
     ]:
         c.send(*fields)
         err = c.expect(ERR)
         assert err[1] == E[name] and err[3:5] == [SUB, sid], (fields, err)
-    for op in (ACK, NAK):
+    for op in (ACK, NAK, 17, 18):  # no such durable subscription (docs/protocol.md section 16)
         c.send(op, 1, 1)
-        assert c.expect(ERR)[1] == E["NOT_SUPPORTED"]
+        err = c.expect(ERR)
+        assert err[1] == E["UNKNOWN_SID"] and err[3:5] == [op, 1], err
     c.send(CREDIT, 1, 10)
-    assert c.expect(ERR)[1] == E["NOT_SUPPORTED"]
+    assert c.expect(ERR)[1] == E["UNKNOWN_SID"]
     assert c.flush() == [PONG]
 
 
