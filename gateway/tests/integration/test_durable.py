@@ -342,3 +342,35 @@ def test_consumer_backlog_and_progress_show_in_metrics_and_admin_api(dgw, client
     entry = [e for e in json.loads(body)["consumers"] if e["consumer"] == "capped"][0]
     assert entry["ack_pending"] == 3 and entry["subscribers"] == 1 and entry["tenant"] == "acme"
     assert entry["pending"] == 2 and entry["max_inflight"] == 3
+
+
+def test_reload_adds_streams_and_changes_a_consumer_cap(start_gateway, clients):
+    import signal
+
+    before = """
+tenants:
+  - name: acme
+    tokens: ["acme-token-1"]
+    streams: [{name: jobs, subjects: ["jobs.>"]}]
+    consumers: [{name: workers, stream: jobs, subject: "jobs.work", max_inflight: 1, ack_wait_ms: 60000}]
+"""
+    g = start_gateway(before)
+    c = clients(g.client("acme-token-1"))
+    c.send(PUB, "reports.daily", b"r", None, None, 1)
+    assert c.expect(OK) == [OK, PUB, 1]  # no stream yet: an ordinary publish
+    c.send(SUB, 2, "reports.>", None, {"durable": "readers"})
+    assert c.expect_err("UNKNOWN_STREAM")[3:5] == [SUB, 2]
+    for i in range(3):
+        stored_pub(c, "jobs.work", b"%d" % i, ack=10 + i)
+    durable_sub(c, 1, "jobs.work", "workers")
+    assert len(c.drain(MSG, quiet=0.3)) == 1  # cap 1
+    g.config_path.write_text(before.replace("max_inflight: 1", "max_inflight: 3").replace(
+        'streams: [{name: jobs, subjects: ["jobs.>"]}]',
+        'streams: [{name: jobs, subjects: ["jobs.>"]}, {name: reports, subjects: ["reports.>"]}]'))
+    g.signal(signal.SIGHUP)
+    g.wait_log("reloaded")
+    durable_sub(c, 3, "jobs.work", "workers")  # a second subscriber: the new cap applies to the consumer
+    assert len(c.drain(MSG, quiet=0.3)) == 2
+    stored_pub(c, "reports.daily", b"stored now", ack=20)
+    durable_sub(c, 2, "reports.>", "readers")
+    assert c.expect(MSG)[3] == b"stored now"
