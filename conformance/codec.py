@@ -18,9 +18,12 @@ from typing import Any
 
 import msgpack
 
-HELLO, WELCOME, PUB, SUB, UNSUB, MSG, REQ, RES, OK, ERR, PING, PONG, GOAWAY, ACK, NAK, CREDIT = range(1, 17)
+HELLO, WELCOME, PUB, SUB, UNSUB, MSG, REQ, RES, OK, ERR, PING, PONG, GOAWAY, ACK, NAK, CREDIT, PROGRESS, TERM = \
+    range(1, 19)
 OP_NAMES = {1: "HELLO", 2: "WELCOME", 3: "PUB", 4: "SUB", 5: "UNSUB", 6: "MSG", 7: "REQ", 8: "RES", 9: "OK",
-            10: "ERR", 11: "PING", 12: "PONG", 13: "GOAWAY", 14: "ACK", 15: "NAK", 16: "CREDIT"}
+            10: "ERR", 11: "PING", 12: "PONG", 13: "GOAWAY", 14: "ACK", 15: "NAK", 16: "CREDIT", 17: "PROGRESS",
+            18: "TERM"}
+DURABLE_OPS = (ACK, NAK, CREDIT, PROGRESS, TERM)
 OPS = {v: k for k, v in OP_NAMES.items()}
 
 # (code, name, fatal) from docs/protocol.md section 17.
@@ -32,10 +35,12 @@ ERROR_TABLE = [
     (300, "INVALID_SUBJECT", False), (301, "WILDCARD_NOT_ALLOWED", False), (302, "RESERVED_SUBJECT", False),
     (303, "RESERVED_HEADER", False), (304, "INVALID_HEADER", False), (305, "INVALID_QUEUE", False),
     (306, "PERMISSION_DENIED", False), (307, "SID_IN_USE", False), (308, "UNKNOWN_SID", False),
+    (309, "INVALID_OPTION", False), (310, "UNKNOWN_DELIVERY", False), (311, "UNKNOWN_STREAM", False),
     (400, "PAYLOAD_TOO_LARGE", False), (401, "TOO_MANY_SUBSCRIPTIONS", False), (402, "RATE_LIMITED", False),
     (403, "TOO_MANY_REQUESTS", False), (404, "TOO_MANY_CONNECTIONS", True), (405, "SLOW_CONSUMER_WARNING", False),
-    (406, "SLOW_CONSUMER", True), (500, "NO_RESPONDERS", False), (501, "REQUEST_TIMEOUT", False),
-    (502, "BUS_UNAVAILABLE", False), (503, "DUPLICATE_REQUEST_ID", False), (600, "INTERNAL_ERROR", False),
+    (406, "SLOW_CONSUMER", True), (407, "TOO_MANY_CONSUMERS", False), (500, "NO_RESPONDERS", False),
+    (501, "REQUEST_TIMEOUT", False), (502, "BUS_UNAVAILABLE", False), (503, "DUPLICATE_REQUEST_ID", False),
+    (504, "NOT_STORED", False), (600, "INTERNAL_ERROR", False),
     (601, "SHUTTING_DOWN", True), (602, "IDLE_TIMEOUT", True), (603, "CLOSED_BY_ADMIN", True),
     (604, "NOT_SUPPORTED", False),
 ]
@@ -139,7 +144,8 @@ _GATEWAY_FIELDS = {
               ("limits", lambda v: isinstance(v, dict) and _json_any(v), False)],
     MSG: [("sid", _is_id, False), ("subject", lambda v: isinstance(v, str), False),
           ("payload", lambda v: isinstance(v, bytes), False), ("headers", _is_headers, True),
-          ("reply_to", lambda v: isinstance(v, str), True), ("delivery_id", _is_uint, True)],
+          ("reply_to", lambda v: isinstance(v, str), True), ("delivery_id", _is_uint, True),
+          ("attempt", _is_uint, True)],
     RES: [("req_id", _is_id, False), ("status", _is_uint, False), ("payload", lambda v: isinstance(v, bytes), False),
           ("headers", _is_headers, True)],
     OK: [("ref_op", _is_uint, False), ("ref_id", _is_uint, False)],
@@ -150,6 +156,8 @@ _GATEWAY_FIELDS = {
              ("servers", lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), True)],
 }
 GATEWAY_OPS = set(_GATEWAY_FIELDS)
+# Optional uint fields of gateway frames: 0 means absent (section 3.3).
+OPTIONAL_UINTS = ("ref_op", "ref_id", "delivery_id", "attempt")
 
 
 def check_gateway_frame(value: Any) -> list:
@@ -188,7 +196,7 @@ def canonical_problems(frame: list, body: bytes) -> list[str]:
                 out.append("empty headers map instead of an absent field")
             if name == "servers" and v == []:
                 out.append("empty servers array instead of an absent field")
-            if name in ("ref_op", "ref_id", "delivery_id") and v == 0:
+            if name in OPTIONAL_UINTS and v == 0:
                 out.append(f"optional {name} written as 0 instead of absent")
     return out
 
@@ -310,7 +318,7 @@ def normalize(frame: list) -> list:
         if i < len(out) and optional:
             v = out[i]
             if (name == "headers" and v == {}) or (name == "servers" and v == []) or \
-                    (name in ("ref_op", "ref_id", "delivery_id") and v == 0 and not isinstance(v, bool)):
+                    (name in OPTIONAL_UINTS and v == 0 and not isinstance(v, bool)):
                 out[i] = None
     while len(out) > 1 and out[-1] is None:
         out.pop()

@@ -7,7 +7,7 @@ import threading
 import time
 
 from . import codec
-from .codec import ERR, GOAWAY, MSG, OK, PING, PONG, PUB, REQ, RES, SUB, UNSUB
+from .codec import ERR, GOAWAY, MSG, OK, PING, PONG, PUB, REQ, RES, UNSUB
 from .engine import NON_STRICT, OK_, FAILED, UNIMPLEMENTED, Context, Fail, Unimplemented
 from .registry import multi, scenario
 from .transport import OP_BIN, OP_CLOSE, OP_PING, Closed, WsRefused, WsTransport
@@ -362,51 +362,114 @@ def slow_consumer(ctx: Context, results: dict):
                                      f"after {frames} frames; expected SLOW_CONSUMER last, then the close")
 
 
-def _sub_opts(ctx: Context, c, sid, subject, opts):
-    c.send([SUB, sid, subject, None, opts])
-    ctx.expect(c, [OK, SUB, sid])
+# Durable consumption helpers (section 16), shared by groups 11 and 17.
+
+MAX_DELIVERY_ID = 2**53 - 1
+
+
+def consumer(ctx: Context, name: str, tenant: str = "acme") -> dict:
+    """A declared consumer's settings as the profile states them (durable.consumers)."""
+    try:
+        return ctx.opts.profile["durable"]["consumers"][tenant][name]
+    except KeyError:
+        raise Fail(f"the profile declares no consumer {name!r} for tenant {tenant!r} (durable.consumers)") from None
+
+
+def dsub(ctx: Context, c, sid: int, name: str, subject: str | None = None, tenant: str = "acme", **opts):
+    """A durable SUB on consumer `name` (its declared filter unless `subject` is given) and its OK."""
+    ctx.require_durable()
+    subject = subject or consumer(ctx, name, tenant)["subject"]
+    ctx.sub(c, sid, subject, None, {"durable": name, **opts})
+
+
+def durable_msg(ctx: Context, f, sid: int):
+    """Check that a frame is a MSG on durable sid `sid` carrying delivery_id and attempt (16.2);
+    returns (payload, delivery_id, attempt, normalized fields)."""
+    if f.op != MSG or f.fields[1] != sid:
+        ctx.fail(f"expected a MSG on durable sid {sid}, got {f!r}")
+    n = codec.normalize(f.fields)
+    did = n[6] if len(n) > 6 else None
+    att = n[7] if len(n) > 7 else None
+    if not isinstance(did, int) or not 1 <= did <= MAX_DELIVERY_ID:
+        ctx.fail(f"a MSG on a durable subscription must carry delivery_id, 1 to 2^53-1 (16.2): {f!r}")
+    if not isinstance(att, int) or att < 1:
+        ctx.fail(f"a MSG on a durable subscription must carry attempt >= 1 (16.2): {f!r}")
+    return f.fields[3], did, att, n
+
+
+def next_durable(ctx: Context, c, sid: int, timeout_ms: float, what: str):
+    f = ctx._next(c, ctx.t(timeout_ms), what)
+    return durable_msg(ctx, f, sid)
+
+
+def durable_msgs(ctx: Context, c, sid: int, quiet: float = 0.3) -> list:
+    """Every MSG until the connection is quiet (others stay queued), each checked as a durable one."""
+    return [durable_msg(ctx, f, sid) for f in c.collect(quiet * ctx.opts.scale, MSG)]
+
+
+def stored_pub(ctx: Context, p, subject: str, payloads: list[bytes], headers: dict | None = None):
+    """Publish each payload with an ack id and wait for every OK: the messages are stored (16.5)."""
+    for i, data in enumerate(payloads, 1):
+        p.send([PUB, subject, data, headers, None, i])
+    ctx.expect_set(p, [[OK, PUB, i] for i in range(1, len(payloads) + 1)])
 
 
 @scenario("11.2.1", "credit flow control: a \"flow\": \"credit\" subscription delivers only against CREDIT",
-          "no MSG before CREDIT; after CREDIT 2, exactly 2 of 5 messages (NOT_SUPPORTED grades UNIMPLEMENTED)", "16")
+          "durable subscription with flow credit on 5 stored messages: no MSG before CREDIT; after CREDIT 2, exactly "
+          "2", "16.4")
 def credit(ctx: Context):
+    ctx.require_durable()
+    p = ctx.connect("p")
+    stored_pub(ctx, p, "fc.credit", [f"{i}-{ctx.nonce}".encode() for i in range(5)])
     c = ctx.connect("c")
-    _sub_opts(ctx, c, 1, "fc.credit", {"flow": "credit"})
-    for i in range(5):
-        c.send([PUB, "fc.credit", str(i).encode()])
-    ctx.expect_nothing(c, 200)
+    dsub(ctx, c, 1, "fc-credit", flow="credit")
+    ctx.expect_nothing(c, 300)
     c.send([codec.CREDIT, 1, 2])
-    got = msgs(ctx, c, 0.3)
+    got = durable_msgs(ctx, c, 1, 0.4)
     if len(got) != 2:
         ctx.fail(f"{len(got)} MSGs after CREDIT 2")
+    c.send([codec.CREDIT, 1, 3])  # take the rest so the stream is left empty
+    got += durable_msgs(ctx, c, 1, 0.4)
+    for _, did, _, _ in got:
+        c.send([codec.ACK, 1, did])
+    ctx.alive(c)
 
 
 @scenario("11.2.2", "explicit acks: MSGs carry delivery ids from 1, ACK is silent",
-          "MSG with delivery_id 1; ACK answered by nothing (NOT_SUPPORTED grades UNIMPLEMENTED)", "16")
+          "durable subscription: MSG with delivery_id 1 and attempt 1; ACK answered by nothing", "16.2, 16.3")
 def explicit_ack(ctx: Context):
+    ctx.require_durable()
     c = ctx.connect("c")
-    _sub_opts(ctx, c, 1, "fc.ack", {"ack": "explicit"})
+    dsub(ctx, c, 1, "fc-ack", ack="explicit")
     c.send([PUB, "fc.ack", b"m"])
-    f = ctx.expect(c, [MSG, 1, "fc.ack", "m", "$any", None, 1], non_strict=[])
+    f = ctx.expect(c, [MSG, 1, "fc.ack", "m", {"busgate-tenant": "acme"}, None, 1, 1])
     c.send([codec.ACK, 1, f.fields[6]])
     ctx.alive(c)
     ctx.expect_nothing(c, 100)
 
 
 @scenario("11.2.3", "max_inflight on a subscription bounds unacknowledged deliveries",
-          "with ack explicit and max_inflight 2: 2 MSGs until one is ACKed (NOT_SUPPORTED grades UNIMPLEMENTED)", "16")
+          "durable subscription with max_inflight 2 on 4 stored messages: 2 MSGs until one is ACKed, then one more",
+          "16.2")
 def sub_max_inflight(ctx: Context):
+    ctx.require_durable()
+    p = ctx.connect("p")
+    stored_pub(ctx, p, "fc.mi", [f"{i}-{ctx.nonce}".encode() for i in range(4)])
     c = ctx.connect("c")
-    _sub_opts(ctx, c, 1, "fc.mi", {"ack": "explicit", "max_inflight": 2})
-    for i in range(4):
-        c.send([PUB, "fc.mi", str(i).encode()])
-    got = msgs(ctx, c, 0.3)
+    dsub(ctx, c, 1, "fc-mi", ack="explicit", max_inflight=2)
+    got = durable_msgs(ctx, c, 1, 0.4)
     if len(got) != 2:
         ctx.fail(f"{len(got)} unacknowledged MSGs with max_inflight 2")
-    c.send([codec.ACK, 1, got[0][6]])
-    more = msgs(ctx, c, 0.3)
+    c.send([codec.ACK, 1, got[0][1]])
+    more = durable_msgs(ctx, c, 1, 0.4)
     if len(more) != 1:
         ctx.fail(f"{len(more)} MSGs after one ACK")
+    for m in got[1:] + more:
+        c.send([codec.ACK, 1, m[1]])
+    last = durable_msgs(ctx, c, 1, 0.4)
+    for m in last:
+        c.send([codec.ACK, 1, m[1]])
+    ctx.alive(c)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -669,3 +732,398 @@ def wsjson_too_large_pre(ctx: Context):
     c = ctx.open("c", "wsjson")
     c.send_raw(('[1,[1],{"method":"token","token":"' + "t" * 65536 + '"}]').encode())
     ctx.expect_err(c, "FRAME_TOO_LARGE")
+
+
+# ------------------------------------------------------------------------------------------------
+# 17. Durable consumption (section 16): the cases that count, time or use several connections.
+# Each uses its own consumer (gateway.yaml, profile.json "durable") and payloads carrying the
+# case's nonce, so a case never takes another's messages.
+
+@scenario("17.1.7", "a consumer created by a SUB starts where its deliver option says and remembers what is done",
+          "deliver all (default): the message stored before the SUB is delivered; deliver new: only messages stored "
+          "after it; after a reconnect the consumer delivers only what was not acknowledged", "16.1, 16.2")
+def durable_client_created(ctx: Context):
+    subject, n = f"ev.{ctx.nonce}", ctx.nonce
+    p = ctx.connect("p")
+    stored_pub(ctx, p, subject, [b"old"])
+    c = ctx.connect("c")
+    dsub(ctx, c, 1, f"ev-all-{n}", subject)
+    payload, did, att, _ = next_durable(ctx, c, 1, 3000, "the message stored before the SUB (deliver all)")
+    if payload != b"old" or att != 1:
+        ctx.fail(f"deliver all: expected 'old' at attempt 1, got {payload!r} attempt {att}")
+    c.send([codec.ACK, 1, did])
+    dsub(ctx, c, 2, f"ev-new-{n}", subject, deliver="new")
+    ctx.expect_nothing(c, 300)
+    stored_pub(ctx, p, subject, [b"fresh"])
+    got = sorted((f.fields[1], durable_msg(ctx, f, f.fields[1])[0]) for f in c.collect(0.4 * ctx.opts.scale, MSG))
+    if got != [(1, b"fresh"), (2, b"fresh")]:
+        ctx.fail(f"after a new message each consumer delivers it once; got {got}")
+    ctx.conns.pop("c").close()  # 'fresh' is outstanding on both: the close releases it
+    stored_pub(ctx, p, subject, [b"later"])
+    c2 = ctx.connect("c2")
+    dsub(ctx, c2, 1, f"ev-all-{n}", subject)
+    got = durable_msgs(ctx, c2, 1, 0.5)
+    # 'fresh' was delivered on the closed connection without an ACK: released, it comes back too.
+    names = sorted(m[0] for m in got)
+    if b"old" in names:
+        ctx.fail("the acknowledged message was delivered again after a reconnect")
+    if names != [b"fresh", b"later"]:
+        ctx.fail(f"after a reconnect the consumer delivered {names}; expected the unacknowledged 'fresh' and 'later'")
+    for m in got:
+        if m[0] == b"fresh" and m[2] < 2:
+            ctx.fail(f"'fresh' was released by the close and redelivered: attempt must be 2 or more, got {m[2]}")
+        c2.send([codec.ACK, 1, m[1]])
+    ctx.alive(c2)
+
+
+@scenario("17.2.1", "messages stored before anyone subscribes are delivered in stream order, acked or not",
+          "3 PUBs with ack (OK each) and 1 without, then a durable SUB: 4 MSGs in publish order, attempt 1, "
+          "increasing delivery ids; ACKed, none comes back after the ack wait", "16.2, 16.5, 16.6")
+def durable_stored_first(ctx: Context):
+    cons = consumer(ctx, "c-store")
+    p = ctx.connect("p")
+    bodies = [f"s{i}-{ctx.nonce}".encode() for i in range(1, 5)]
+    stored_pub(ctx, p, "dq.store", bodies[:3])
+    p.send([PUB, "dq.store", bodies[3]])
+    ctx.alive(p)
+    w = ctx.connect("w")
+    dsub(ctx, w, 1, "c-store")
+    got = []
+    while len(got) < 4:
+        got.append(next_durable(ctx, w, 1, 3000, f"stored message {len(got) + 1} of 4"))
+    if [m[0] for m in got] != bodies:
+        ctx.fail(f"delivered {[m[0] for m in got]}, expected stream order {bodies}")
+    if any(m[2] != 1 for m in got):
+        ctx.fail(f"first deliveries must be attempt 1: {[m[2] for m in got]}")
+    ids = [m[1] for m in got]
+    if any(b <= a for a, b in zip(ids, ids[1:])):
+        ctx.fail(f"delivery ids must increase on a subscription: {ids}")
+    for did in ids:
+        w.send([codec.ACK, 1, did])
+    ctx.alive(w)
+    ctx.expect_nothing(w, cons["ack_wait_ms"] * 1.5)
+
+
+def _one_delivery(ctx: Context, name: str, body: bytes, sid: int = 1):
+    """Publish one stored message on the consumer's subject and subscribe; returns (w, delivery)."""
+    cons = consumer(ctx, name)
+    p = ctx.connect("p")
+    stored_pub(ctx, p, cons["subject"], [body])
+    w = ctx.connect("w")
+    dsub(ctx, w, sid, name)
+    m = next_durable(ctx, w, sid, 3000, "the stored message")
+    if m[0] != body or m[2] != 1:
+        ctx.fail(f"expected {body!r} at attempt 1, got {m[0]!r} attempt {m[2]}")
+    return w, m
+
+
+def _timed_redelivery(ctx: Context, w, sid: int, body: bytes, t0: float, earliest_ms: float, latest_ms: float,
+                      what: str):
+    m = next_durable(ctx, w, sid, latest_ms, what)
+    dt = (time.monotonic() - t0) * 1000
+    if m[0] != body:
+        ctx.fail(f"{what}: got {m[0]!r}")
+    if dt < earliest_ms:
+        ctx.fail(f"{what}: redelivered {dt:.0f} ms after, before {earliest_ms:.0f} ms")
+    return m, dt
+
+
+@scenario("17.2.2", "NAK with delay_ms redelivers after at least the delay, as the next attempt",
+          "NAK delay 600: the message comes back no earlier than 600 ms later, attempt 2, with a new delivery_id; "
+          "the NAKed id is no longer outstanding (ACK of it: UNKNOWN_DELIVERY)", "16.3")
+def durable_nak_delay(ctx: Context):
+    body = f"nak-{ctx.nonce}".encode()
+    w, (_, d1, _, _) = _one_delivery(ctx, "c-nak", body)
+    t0 = time.monotonic()
+    w.send([codec.NAK, 1, d1, 600])
+    (_, d2, att, _), dt = _timed_redelivery(ctx, w, 1, body, t0, 600 - 5, 600 + 2500, "the NAKed message")
+    if att != 2:
+        ctx.fail(f"redelivery after NAK must be attempt 2, got {att}")
+    if d2 == d1:
+        ctx.fail(f"a redelivery gets a new delivery_id; got {d2} again")
+    w.send([codec.ACK, 1, d1])
+    ctx.expect_err(w, "UNKNOWN_DELIVERY", ref_op=codec.ACK, ref_id=1)
+    w.send([codec.ACK, 1, d2])
+    ctx.alive(w)
+    ctx.expect_nothing(w, 200)
+
+
+@scenario("17.2.3", "NAK without a delay, on a consumer without backoff, redelivers at once",
+          "attempt 2 arrives well before the ack wait (2000 ms): within 1000 ms of the NAK", "16.3")
+def durable_nak_now(ctx: Context):
+    body = f"naknow-{ctx.nonce}".encode()
+    w, (_, d1, _, _) = _one_delivery(ctx, "c-naknow", body)
+    t0 = time.monotonic()
+    w.send([codec.NAK, 1, d1])
+    (_, d2, att, _), dt = _timed_redelivery(ctx, w, 1, body, t0, 0, 1000, "the NAKed message (at once)")
+    if att != 2:
+        ctx.fail(f"redelivery after NAK must be attempt 2, got {att}")
+    w.send([codec.ACK, 1, d2])
+    ctx.alive(w)
+
+
+@scenario("17.2.4", "NAK without a delay waits the consumer's backoff_ms for that attempt",
+          "consumer backoff_ms [800]: attempt 2 arrives no earlier than 800 ms after the NAK", "16.3")
+def durable_nak_backoff(ctx: Context):
+    cons = consumer(ctx, "c-backoff")
+    delay = cons["backoff_ms"][0]
+    body = f"backoff-{ctx.nonce}".encode()
+    w, (_, d1, _, _) = _one_delivery(ctx, "c-backoff", body)
+    t0 = time.monotonic()
+    w.send([codec.NAK, 1, d1])
+    (_, d2, att, _), dt = _timed_redelivery(ctx, w, 1, body, t0, delay - 5, delay + 2500, "the NAKed message")
+    if att != 2:
+        ctx.fail(f"redelivery after NAK must be attempt 2, got {att}")
+    w.send([codec.ACK, 1, d2])
+    ctx.alive(w)
+
+
+@scenario("17.2.5", "PROGRESS keeps a delivery past its ack wait",
+          "ack wait 1000 ms; PROGRESS every 300 ms for 2500 ms: no redelivery; the ACK that follows is silent "
+          "(the delivery was still outstanding) and nothing comes back", "16.3")
+def durable_progress(ctx: Context):
+    cons = consumer(ctx, "c-progress")
+    wait = cons["ack_wait_ms"]
+    body = f"progress-{ctx.nonce}".encode()
+    w, (_, d1, _, _) = _one_delivery(ctx, "c-progress", body)
+    end = time.monotonic() + ctx.t(wait * 2.5)
+    sent = 0
+    while time.monotonic() < end:
+        w.send([codec.PROGRESS, 1, d1])
+        sent += 1
+        ctx.expect_nothing(w, wait * 0.3)
+    ctx.alive(w, f"{sent} PROGRESS frames")
+    w.send([codec.ACK, 1, d1])
+    ctx.alive(w, "the ACK after PROGRESS")
+    ctx.expect_nothing(w, wait * 1.5)
+
+
+@scenario("17.2.6", "a delivery neither acknowledged nor touched within the ack wait is redelivered",
+          "ack wait 1000 ms: attempt 2 with a new delivery_id, no earlier than the ack wait; the expired id then "
+          "gets UNKNOWN_DELIVERY", "16.3")
+def durable_ack_wait(ctx: Context):
+    cons = consumer(ctx, "c-ackwait")
+    wait = cons["ack_wait_ms"]
+    body = f"ackwait-{ctx.nonce}".encode()
+    w, (_, d1, _, _) = _one_delivery(ctx, "c-ackwait", body)
+    t0 = time.monotonic()
+    # Measured from receiving the first MSG, which the gateway sent (and started the ack wait) a
+    # little earlier: 100 ms of slack for that transit, so only an early redelivery fails.
+    (_, d2, att, _), dt = _timed_redelivery(ctx, w, 1, body, t0, wait - 100, wait + 3000, "the unacknowledged message")
+    if att != 2 or d2 == d1:
+        ctx.fail(f"redelivery after the ack wait: attempt {att} (expected 2), delivery_id {d2} (first was {d1})")
+    w.send([codec.PROGRESS, 1, d1])
+    ctx.expect_err(w, "UNKNOWN_DELIVERY", ref_op=codec.PROGRESS, ref_id=1)
+    w.send([codec.ACK, 1, d1])
+    ctx.expect_err(w, "UNKNOWN_DELIVERY", ref_op=codec.ACK, ref_id=1)
+    w.send([codec.ACK, 1, d2])
+    ctx.alive(w)
+    ctx.expect_nothing(w, wait * 1.2)
+
+
+@scenario("17.2.9", "a message whose max_deliveries attempts all failed is dead-lettered",
+          "consumer max_deliveries 2, dead_letter deadletter.exhausted: NAK attempt 1 and 2; the plain subscriber "
+          "of the dead-letter subject gets it with busgate-dead-reason max_deliveries and busgate-attempts 2; no "
+          "attempt 3; the dead stream stores it (a durable SUB there receives it)", "16.3")
+def durable_max_deliveries(ctx: Context):
+    cons = consumer(ctx, "c-maxdel")
+    dl_subject = cons["dead_letter"]
+    dl = ctx.connect("dl")
+    ctx.sub(dl, 9, dl_subject)
+    body = f"maxdel-{ctx.nonce}".encode()
+    p = ctx.connect("p")
+    stored_pub(ctx, p, cons["subject"], [body], {"trace-id": ctx.nonce})
+    w = ctx.connect("w")
+    dsub(ctx, w, 1, "c-maxdel")
+    for attempt in range(1, cons["max_deliveries"] + 1):
+        payload, did, att, _ = next_durable(ctx, w, 1, 3000, f"attempt {attempt}")
+        if payload != body or att != attempt:
+            ctx.fail(f"expected {body!r} attempt {attempt}, got {payload!r} attempt {att}")
+        w.send([codec.NAK, 1, did])
+    ctx.expect(dl, [MSG, 9, dl_subject, body.decode(), {"$has": {
+        "trace-id": ctx.nonce, "busgate-tenant": "acme", "busgate-dead-reason": "max_deliveries",
+        "busgate-attempts": str(cons["max_deliveries"]), "busgate-subject": cons["subject"],
+        "busgate-stream": cons["stream"], "busgate-consumer": "c-maxdel"}}], 3000)
+    ctx.expect_nothing(w, 1000)
+    # The dead stream (deadletter.>) stores dead letters: a consumer created there delivers it.
+    r = ctx.connect("r")
+    dsub(ctx, r, 1, f"dl-{ctx.nonce}", dl_subject)
+    got = durable_msgs(ctx, r, 1, 0.5)
+    for m in got:
+        r.send([codec.ACK, 1, m[1]])
+    mine = [m for m in got if m[0] == body]
+    if len(mine) != 1:
+        ctx.fail(f"the dead-letter stream should hold the dead letter once; a consumer on {dl_subject} delivered "
+                 f"{[m[0] for m in got]}")
+    hdrs = mine[0][3][4] or {}
+    if hdrs.get("busgate-dead-reason") != "max_deliveries":
+        ctx.fail(f"the stored dead letter lost its headers: {hdrs}")
+
+
+@scenario("17.3.1", "a closed connection releases its deliveries for immediate redelivery to another connection",
+          "consumer max_inflight 1, ack wait 2000 ms: B gets nothing while A holds the message; A closes; B gets it "
+          "as attempt 2 within 1000 ms", "16.3")
+def durable_release_close(ctx: Context):
+    body = f"release-{ctx.nonce}".encode()
+    a, (_, d1, _, _) = _one_delivery(ctx, "c-release", body)
+    b = ctx.connect("b")
+    dsub(ctx, b, 1, "c-release")
+    ctx.expect_nothing(b, 300)
+    t0 = time.monotonic()
+    ctx.conns.pop("w").close()
+    (_, d2, att, _), dt = _timed_redelivery(ctx, b, 1, body, t0, 0, 1000, "the released message")
+    if att != 2:
+        ctx.fail(f"a release counts as an attempt: expected attempt 2, got {att}")
+    b.send([codec.ACK, 1, d2])
+    ctx.alive(b)
+    ctx.expect_nothing(b, 300)
+
+
+@scenario("17.3.2", "UNSUB of a durable subscription releases its deliveries at once",
+          "A UNSUBs while holding the message: B gets it as attempt 2 within 1000 ms (ack wait 2000 ms); A's sid "
+          "is then unknown (ACK: UNKNOWN_SID) and A gets no MSG", "16.1, 16.3")
+def durable_release_unsub(ctx: Context):
+    body = f"unsub-{ctx.nonce}".encode()
+    a, (_, d1, _, _) = _one_delivery(ctx, "c-unsub", body)
+    b = ctx.connect("b")
+    dsub(ctx, b, 1, "c-unsub")
+    ctx.expect_nothing(b, 300)
+    t0 = time.monotonic()
+    a.send([codec.UNSUB, 1])
+    (_, d2, att, _), dt = _timed_redelivery(ctx, b, 1, body, t0, 0, 1000, "the released message")
+    if att != 2:
+        ctx.fail(f"a release counts as an attempt: expected attempt 2, got {att}")
+    a.send([codec.ACK, 1, d1])
+    ctx.expect_err(a, "UNKNOWN_SID", ref_op=codec.ACK, ref_id=1)
+    b.send([codec.ACK, 1, d2])
+    ctx.alive(b)
+    ctx.expect_nothing(a, 200)
+
+
+@scenario("17.3.3", "a release counts as an attempt on a consumer a SUB created too",
+          "client-created consumer: A holds the message and closes; B, subscribing afterwards, gets it as attempt 2",
+          "16.1, 16.3")
+def durable_release_created(ctx: Context):
+    subject, name = f"ev.rel.{ctx.nonce}", f"ev-rel-{ctx.nonce}"
+    a = ctx.connect("a")
+    dsub(ctx, a, 1, name, subject)
+    p = ctx.connect("p")
+    body = f"rel-{ctx.nonce}".encode()
+    stored_pub(ctx, p, subject, [body])
+    m = next_durable(ctx, a, 1, 3000, "the stored message")
+    if m[0] != body or m[2] != 1:
+        ctx.fail(f"expected {body!r} at attempt 1, got {m[0]!r} attempt {m[2]}")
+    ctx.conns.pop("a").close()
+    b = ctx.connect("b")
+    dsub(ctx, b, 1, name, subject)
+    payload, did, att, _ = next_durable(ctx, b, 1, 1000, "the released message")
+    if payload != body or att != 2:
+        ctx.fail(f"the released message must come back as attempt 2; got {payload!r} attempt {att}")
+    b.send([codec.ACK, 1, did])
+    ctx.alive(b)
+
+
+@scenario("17.4.1", "credit flow: never more MSGs than credits granted, redeliveries included",
+          "5 stored messages; nothing before CREDIT; CREDIT 2: 2 MSGs; ACKing them frees no credit; CREDIT 1: 1 MSG; "
+          "its NAK redelivers only after CREDIT 1 (attempt 2); CREDIT 10: the other 2; 5 distinct messages in all",
+          "16.4")
+def durable_credit(ctx: Context):
+    bodies = [f"c{i}-{ctx.nonce}".encode() for i in range(5)]
+    p = ctx.connect("p")
+    stored_pub(ctx, p, "dq.credit", bodies)
+    w = ctx.connect("w")
+    dsub(ctx, w, 1, "c-credit", flow="credit")
+    ctx.expect_nothing(w, 300)
+    w.send([codec.CREDIT, 1, 2])
+    got = durable_msgs(ctx, w, 1, 0.4)
+    if len(got) != 2:
+        ctx.fail(f"{len(got)} MSGs after CREDIT 2")
+    for m in got:
+        w.send([codec.ACK, 1, m[1]])
+    ctx.alive(w)
+    ctx.expect_nothing(w, 300)
+    w.send([codec.CREDIT, 1, 1])
+    third = durable_msgs(ctx, w, 1, 0.4)
+    if len(third) != 1:
+        ctx.fail(f"{len(third)} MSGs after CREDIT 1")
+    w.send([codec.NAK, 1, third[0][1]])
+    ctx.alive(w)
+    ctx.expect_nothing(w, 400)
+    w.send([codec.CREDIT, 1, 1])
+    again = durable_msgs(ctx, w, 1, 0.4)
+    if len(again) != 1 or again[0][0] != third[0][0] or again[0][2] != 2:
+        ctx.fail(f"after CREDIT 1 the NAKed message must come back as attempt 2; got "
+                 f"{[(m[0], m[2]) for m in again]}")
+    w.send([codec.ACK, 1, again[0][1]])
+    w.send([codec.CREDIT, 1, 10])
+    rest = durable_msgs(ctx, w, 1, 0.5)
+    for m in rest:
+        w.send([codec.ACK, 1, m[1]])
+    seen = sorted(m[0] for m in got + third + rest)
+    if seen != sorted(bodies):
+        ctx.fail(f"delivered {seen}, expected each of {sorted(bodies)} once")
+    ctx.alive(w)
+
+
+@scenario("17.5.1", "the consumer's max_inflight caps outstanding deliveries across connections",
+          "consumer max_inflight 2, two subscribers on two connections, 6 stored messages: never more than 2 "
+          "outstanding in all; each ACK lets exactly one more through; all 6 delivered once, each to one subscriber",
+          "16.2")
+def durable_consumer_cap(ctx: Context):
+    cap = consumer(ctx, "c-cap")["max_inflight"]
+    bodies = [f"cap{i}-{ctx.nonce}".encode() for i in range(6)]
+    p = ctx.connect("p")
+    stored_pub(ctx, p, "dq.cap", bodies)
+    subs = [ctx.connect("a"), ctx.connect("b")]
+    for c in subs:
+        dsub(ctx, c, 1, "c-cap")
+    outstanding: list = []  # (conn, delivery)
+    seen: list[bytes] = []
+
+    def take(quiet):
+        for c in subs:
+            for m in durable_msgs(ctx, c, 1, quiet):
+                outstanding.append((c, m))
+                seen.append(m[0])
+        if len(outstanding) > cap:
+            ctx.fail(f"{len(outstanding)} deliveries outstanding on a consumer whose max_inflight is {cap}")
+
+    take(0.4)
+    if len(outstanding) != cap:
+        ctx.fail(f"{len(outstanding)} outstanding with 6 stored and max_inflight {cap}; expected {cap}")
+    for _ in range(len(bodies)):
+        if not outstanding:
+            break
+        c, m = outstanding.pop(0)
+        c.send([codec.ACK, 1, m[1]])
+        take(0.3)
+    if sorted(seen) != sorted(bodies):
+        ctx.fail(f"delivered {sorted(seen)}; expected each of the 6 exactly once")
+    if outstanding:
+        ctx.fail(f"{len(outstanding)} deliveries left outstanding after every message was acknowledged")
+
+
+@scenario("17.5.2", "a subscription's own max_inflight lowers its share; what it does not take stays for others",
+          "SUB max_inflight 1 on a consumer capped at 10, 3 stored messages: it holds 1; a second subscription "
+          "gets the other 2", "16.1, 16.2")
+def durable_sub_cap(ctx: Context):
+    bodies = [f"sub{i}-{ctx.nonce}".encode() for i in range(3)]
+    p = ctx.connect("p")
+    stored_pub(ctx, p, "dq.subcap", bodies)
+    a = ctx.connect("a")
+    dsub(ctx, a, 1, "c-subcap", max_inflight=1)
+    got_a = durable_msgs(ctx, a, 1, 0.4)
+    if len(got_a) != 1:
+        ctx.fail(f"{len(got_a)} outstanding on a subscription with max_inflight 1")
+    b = ctx.connect("b")
+    dsub(ctx, b, 1, "c-subcap")
+    got_b = durable_msgs(ctx, b, 1, 0.4)
+    if len(got_b) != 2:
+        ctx.fail(f"the second subscription received {len(got_b)}; expected the 2 the first did not take")
+    if sorted(m[0] for m in got_a + got_b) != sorted(bodies):
+        ctx.fail("the two subscriptions did not receive each message once")
+    for c, got in ((a, got_a), (b, got_b)):
+        for m in got:
+            c.send([codec.ACK, 1, m[1]])
+        ctx.alive(c)
+    ctx.expect_nothing(a, 200)

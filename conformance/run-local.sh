@@ -4,9 +4,10 @@
 #   conformance/run-local.sh [memory|nats] [runner args...]
 #
 # memory (default): the gateway's embedded memory bus.
-# nats:             a real nats-server (Debian package nats-server) on a free port, and the gateway
-#                   started with --nats; when the binary has no NATS support yet ("not available in
-#                   this build") the script prints SKIPPED and exits 0.
+# nats:             a real nats-server with JetStream (Debian package nats-server; `-js -sd` on a
+#                   temporary folder) on a free port, and the gateway started with --nats. A missing
+#                   nats-server fails the run (exit 1). When the binary has no NATS support ("not
+#                   available in this build") the script prints SKIPPED and exits 0.
 #
 # Env: BUSGATE_BIN (default build/bin/busgate), REPORT (default build/conformance-report[-nats]),
 #      CASES (default "*"), PYTHON (default python3), NATS_SERVER (default nats-server).
@@ -51,10 +52,12 @@ free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)
 EXTRA=()
 if [ "$MODE" = nats ]; then
   if ! command -v "$NATS_BIN" >/dev/null 2>&1; then
-    echo "run-local: nats-server not found (Debian package nats-server); SKIPPED" >&2; exit 0
+    echo "run-local: FAILED: nats-server not found (install the Debian package nats-server, or set NATS_SERVER)" >&2
+    exit 1
   fi
   NATS_PORT="$(free_port)"
-  "$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" >"$WORK/nats.log" 2>&1 &
+  mkdir -p "$WORK/jetstream"
+  "$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$WORK/jetstream" >"$WORK/nats.log" 2>&1 &
   NATS_PID=$!
   for _ in $(seq 100); do
     grep -q "Server is ready" "$WORK/nats.log" 2>/dev/null && break

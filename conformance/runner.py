@@ -20,6 +20,7 @@ GROUPS = {
     "9": "Tenant isolation", "10": "Limits and quotas", "11": "Slow consumers and flow control",
     "12": "Malformed input (wire vectors sent live)", "13": "Heartbeats and idle timeouts",
     "14": "GOAWAY and drain", "15": "WebSocket binary (busgate.v1)", "16": "WebSocket JSON (busgate.v1.json)",
+    "17": "Durable consumption",
 }
 
 
@@ -39,11 +40,14 @@ def load_file_cases(validate: bool = True) -> list[Case]:
         if schema is not None:
             jsonschema.validate(doc, schema)
         default_tr = doc.get("transport", "tcp")
+        feature = doc.get("feature")
         for sc in doc["scenarios"]:
             tr = sc.get("transport", default_tr)
             steps = sc["steps"]
 
-            def run(ctx, steps=steps, tr=tr):
+            def run(ctx, steps=steps, tr=tr, feature=feature):
+                if feature == "durable":
+                    ctx.require_durable()
                 engine.run_steps(ctx, steps, tr)
             cases.append(Case(sc["id"], sc["description"], sc["expectation"], sc.get("spec", ""),
                               f"scenarios/{path.name}", run))

@@ -16,6 +16,7 @@ to a gateway (a client codec runs them through `python -m conformance.vectors_ch
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -137,6 +138,61 @@ def _msg_pattern(decoded: list, tenant: str = "acme") -> list:
     return [MSG, SPY, subject, payload, headers] + ([reply] if reply else [])
 
 
+DURABLE_KEYS = {"durable", "ack", "max_inflight", "deliver", "flow"}
+DURABLE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _opts_problem(opts: dict) -> str | None:
+    """The INVALID_OPTION rule of section 16.1 for the values of a durable SUB's opts."""
+    checks = {
+        "durable": lambda x: isinstance(x, str) and DURABLE_NAME.fullmatch(x) is not None,
+        "ack": lambda x: x == "explicit",
+        "max_inflight": lambda x: isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= codec.UINT32_MAX,
+        "deliver": lambda x: x in ("all", "new"),
+        "flow": lambda x: x == "credit",
+    }
+    for k, ok in checks.items():
+        if k in opts and not ok(opts[k]):
+            return k
+    return None
+
+
+def _covers(pattern: str, subject: str) -> bool:
+    """Whether every subject matching `subject` (which may hold wildcards) matches `pattern`."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s) or s[i] == ">" or (tok != "*" and tok != s[i]):
+            return False
+    return len(s) == len(p)
+
+
+def sub_outcome(ctx: Context, decoded: list, tenant: str = "acme") -> tuple[list[str], str]:
+    """What section 16.1 makes of a SUB's opts: the error codes a conforming gateway may answer
+    (empty: OK) and why."""
+    opts = decoded[4] if len(decoded) > 4 and decoded[4] else {}
+    if not opts:
+        return [], "no options"
+    unknown = set(opts) - DURABLE_KEYS
+    if unknown:
+        return ["NOT_SUPPORTED"], f"unknown opts key(s) {sorted(unknown)}"
+    if "durable" not in opts:
+        if set(opts) & {"ack", "deliver", "flow"}:
+            codes = ["NOT_SUPPORTED"] + (["INVALID_OPTION"] if _opts_problem(opts) else [])
+            return codes, "ack, deliver or flow without durable (and any bad value: the order is not specified)"
+        # max_inflight alone: 16.1 gives it a meaning only on a durable subscription and does not list
+        # it among the keys refused without durable, so a plain subscription is accepted too.
+        return ["", "NOT_SUPPORTED", "INVALID_OPTION"], "max_inflight without durable (16.1 leaves it open)"
+    bad = _opts_problem(opts)
+    if bad:
+        return ["INVALID_OPTION"], f"bad opts value for {bad}"
+    streams = ctx.opts.profile.get("durable", {}).get("streams", {}).get(tenant, {})
+    if not any(_covers(pat, decoded[2]) for st in streams.values() for pat in st["subjects"]):
+        return ["UNKNOWN_STREAM"], "no stream of the tenant stores the subject"
+    return [], "a durable subscription on a stream subject"
+
+
 def valid_live(v: dict):
     d = v["decoded"]
     op = d[0]
@@ -160,8 +216,21 @@ def valid_live(v: dict):
             pats = [_msg_pattern(d)] + ([[OK, PUB, ack]] if ack else [])
             ctx.expect_set(c, pats)
         elif op == SUB:
+            codes, why = sub_outcome(ctx, d)
+            if "durable" in (d[4] if len(d) > 4 and d[4] else {}):
+                ctx.require_durable()
             c.send_raw(bytes.fromhex(v["hex"]))
-            ctx.expect(c, [OK, SUB, d[1]])
+            if not codes:
+                ctx.expect(c, [OK, SUB, d[1]], why=why)
+            else:
+                nums = [codec.CODES[x] for x in codes if x]
+                alts = ([[OK, SUB, d[1]]] if "" in codes else []) + \
+                    [[ERR, {"$oneof": nums}, {"$type": "str"}, SUB, d[1]]]
+                f = ctx.expect(c, {"$oneof": alts}, why=f"{why}: {' or '.join(x or 'OK' for x in codes)}")
+                if f.op == ERR:
+                    ctx.alive(c, "the non-fatal ERR")
+                    c.send([SUB, d[1], "conformance.vector.check"])  # the refused SUB left its sid free
+                    ctx.expect(c, [OK, SUB, d[1]], why="a refused SUB must not hold its sid")
         elif op == codec.UNSUB:
             c.send_raw(bytes.fromhex(v["hex"]))
             ctx.alive(c, "UNSUB of an unknown sid")
@@ -174,7 +243,7 @@ def valid_live(v: dict):
         elif op == codec.PONG:
             c.send_raw(bytes.fromhex(v["hex"]))
             ctx.expect_nothing(c, 150)
-        elif op in (codec.ACK, codec.NAK, codec.CREDIT):
+        elif op in codec.DURABLE_OPS:
             c.send_raw(bytes.fromhex(v["hex"]))
             ctx.expect_err(c, "UNKNOWN_SID", ref_op=op, ref_id=d[1])
         else:
@@ -184,12 +253,12 @@ def valid_live(v: dict):
 
     exp = {codec.HELLO: "decoded: the handshake fails only on the (unknown) credentials",
            PUB: "published as decoded: the spy subscription receives it (and OK for an ack)",
-           SUB: "OK for the sid (NOT_SUPPORTED for options grades UNIMPLEMENTED)",
+           SUB: "as section 16.1 says for its opts: OK; NOT_SUPPORTED for unknown keys or ack/deliver/flow without "
+                "durable; INVALID_OPTION for a bad value; UNKNOWN_STREAM for a subject no stream stores",
            codec.UNSUB: "ignored (unknown sid), connection usable", REQ: "RES NO_RESPONDERS for the req_id",
            codec.PING: "PONG", codec.PONG: "ignored",
-           codec.ACK: "ERR UNKNOWN_SID (or NOT_SUPPORTED: UNIMPLEMENTED)",
-           codec.NAK: "ERR UNKNOWN_SID (or NOT_SUPPORTED: UNIMPLEMENTED)",
-           codec.CREDIT: "ERR UNKNOWN_SID (or NOT_SUPPORTED: UNIMPLEMENTED)"}.get(op, "")
+           **{o: "ERR UNKNOWN_SID (ref_op = the op, ref_id = sid): no subscription is live"
+              for o in codec.DURABLE_OPS}}.get(op, "")
     return Case(f"12.3.{v['id']}", f"valid {kind} vector sent live: {v['description']} (vector {v['id']})", exp,
                 "3.3, 7", f"vectors/{v['area']}.json", run)
 

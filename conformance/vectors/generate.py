@@ -11,7 +11,8 @@ case, and the script asserts that
   - a canonical case decodes to `decoded`, and encoding `decoded` back gives exactly `hex`;
   - a non-canonical case decodes to the canonical JSON of the frame it stands for, and its bytes
     differ from that frame's canonical encoding;
-and then validates every file against schema.json.
+and then validates every file against schema.json, and checks that every example of
+docs/protocol.md that names a vector shows that vector's canonical JSON (and hex, when it shows bytes).
 
 Requires Python 3.11 and the `msgpack` and `jsonschema` packages.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import sys
 from pathlib import Path
@@ -39,10 +41,11 @@ ERRORS = {
     "UNEXPECTED_OP": 107, "AUTH_METHOD_UNSUPPORTED": 200, "AUTH_FAILED": 201, "AUTH_REVOKED": 202,
     "INVALID_SUBJECT": 300, "WILDCARD_NOT_ALLOWED": 301, "RESERVED_SUBJECT": 302,
     "RESERVED_HEADER": 303, "INVALID_HEADER": 304, "INVALID_QUEUE": 305, "PERMISSION_DENIED": 306,
-    "SID_IN_USE": 307, "UNKNOWN_SID": 308, "PAYLOAD_TOO_LARGE": 400, "TOO_MANY_SUBSCRIPTIONS": 401,
+    "SID_IN_USE": 307, "UNKNOWN_SID": 308, "INVALID_OPTION": 309, "UNKNOWN_DELIVERY": 310,
+    "UNKNOWN_STREAM": 311, "PAYLOAD_TOO_LARGE": 400, "TOO_MANY_SUBSCRIPTIONS": 401,
     "RATE_LIMITED": 402, "TOO_MANY_REQUESTS": 403, "TOO_MANY_CONNECTIONS": 404,
-    "SLOW_CONSUMER_WARNING": 405, "SLOW_CONSUMER": 406, "NO_RESPONDERS": 500,
-    "REQUEST_TIMEOUT": 501, "BUS_UNAVAILABLE": 502, "DUPLICATE_REQUEST_ID": 503,
+    "SLOW_CONSUMER_WARNING": 405, "SLOW_CONSUMER": 406, "TOO_MANY_CONSUMERS": 407, "NO_RESPONDERS": 500,
+    "REQUEST_TIMEOUT": 501, "BUS_UNAVAILABLE": 502, "DUPLICATE_REQUEST_ID": 503, "NOT_STORED": 504,
     "INTERNAL_ERROR": 600, "SHUTTING_DOWN": 601, "IDLE_TIMEOUT": 602, "CLOSED_BY_ADMIN": 603,
     "NOT_SUPPORTED": 604,
 }
@@ -59,13 +62,14 @@ OPS = {
                        ("limits", "map", False, None)]),
     3: ("PUB", C, [("subject", "str", False, "pub"), ("payload", "bin", False, None),
                    ("headers", "headers", True, "headers"), ("reply_to", "str", True, "pub"),
-                   ("ack", "id", True, None)]),
+                   ("ack", "id", True, None), ("msg_id", "str", True, None)]),
     4: ("SUB", C, [("sid", "id", False, None), ("subject", "str", False, "sub"),
                    ("queue", "str", True, "queue"), ("opts", "map", True, None)]),
     5: ("UNSUB", C, [("sid", "id", False, None), ("max_msgs", "uint", True, None)]),
     6: ("MSG", G, [("sid", "id", False, None), ("subject", "str", False, None),
                    ("payload", "bin", False, None), ("headers", "headers", True, None),
-                   ("reply_to", "str", True, None), ("delivery_id", "uint", True, None)]),
+                   ("reply_to", "str", True, None), ("delivery_id", "uint", True, None),
+                   ("attempt", "uint", True, None)]),
     7: ("REQ", C, [("req_id", "id", False, None), ("subject", "str", False, "pub"),
                    ("payload", "bin", False, None), ("headers", "headers", True, "headers"),
                    ("timeout_ms", "uint", True, None)]),
@@ -82,6 +86,9 @@ OPS = {
     15: ("NAK", C, [("sid", "id", False, None), ("delivery_id", "uint", False, None),
                    ("delay_ms", "uint", True, None)]),
     16: ("CREDIT", C, [("sid", "id", False, None), ("credits", "uint", False, None)]),
+    17: ("PROGRESS", C, [("sid", "id", False, None), ("delivery_id", "uint", False, None)]),
+    18: ("TERM", C, [("sid", "id", False, None), ("delivery_id", "uint", False, None),
+                    ("reason", "str", True, None)]),
 }
 OP = {name: code for code, (name, _, _) in OPS.items()}
 
@@ -447,7 +454,7 @@ def pubsub() -> Area:
           cat(ARR(6), 3, "orders.created", b"hello", NIL, NIL, NIL),
           [3, "orders.created", b"hello"])
     a.alt("2.1.19", "PUB with unknown extra trailing fields after absent optionals", C,
-          cat(ARR(8), 3, "orders.created", b"hello", NIL, NIL, NIL, "x", {"y": 1}),
+          cat(ARR(9), 3, "orders.created", b"hello", NIL, NIL, NIL, NIL, "x", {"y": 1}),
           [3, "orders.created", b"hello"])
     a.alt("2.1.20", "PUB with ack as uint32 where a fixint suffices", C,
           cat(ARR(6), 3, "orders.created", b"hello", NIL, NIL, U32(7)),
@@ -499,7 +506,7 @@ def pubsub() -> Area:
           cat(ARR(5), 6, 1, "orders.created", b"hello", MAP(0)),
           [6, 1, "orders.created", b"hello"])
     a.alt("2.4.8", "MSG with explicit trailing nils and an unknown extra field", G,
-          cat(ARR(8), 6, 1, "orders.created", b"hello", TENANT, NIL, NIL, 42),
+          cat(ARR(9), 6, 1, "orders.created", b"hello", TENANT, NIL, NIL, NIL, 42),
           [6, 1, "orders.created", b"hello", TENANT])
     return a
 
@@ -586,6 +593,18 @@ def control() -> Area:
     a.alt("4.2.15", "ERR with an explicit ref_id 0 (an optional uint of 0 is absent)", G,
           cat(ARR(5), 10, E["RATE_LIMITED"], "publish rate exceeded; message dropped", 3, 0),
           [10, E["RATE_LIMITED"], "publish rate exceeded; message dropped", 3])
+    a.ok("4.2.16", "ERR INVALID_OPTION for a durable SUB with a bad option value", G,
+         [10, E["INVALID_OPTION"], "opts.ack must be \"explicit\"", OP["SUB"], 20])
+    a.ok("4.2.17", "ERR UNKNOWN_DELIVERY for an ACK of a delivery that is not outstanding", G,
+         [10, E["UNKNOWN_DELIVERY"], "delivery 9 is not outstanding on sid 20", OP["ACK"], 20])
+    a.ok("4.2.18", "ERR UNKNOWN_STREAM for a durable SUB no stream stores", G,
+         [10, E["UNKNOWN_STREAM"], "no stream stores scratch.>", OP["SUB"], 21])
+    a.ok("4.2.19", "ERR TOO_MANY_CONSUMERS for a SUB that would create one consumer too many", G,
+         [10, E["TOO_MANY_CONSUMERS"], "the tenant has 10 consumers", OP["SUB"], 22])
+    a.ok("4.2.20", "ERR NOT_STORED for a PUB with ack 7 to a full stream", G,
+         [10, E["NOT_STORED"], "stream jobs is full", OP["PUB"], 7])
+    a.ok("4.2.21", "ERR UNKNOWN_SID for a TERM on a sid that is not live", G,
+         [10, E["UNKNOWN_SID"], "sid 20 is not a live durable subscription", OP["TERM"], 20])
 
     a.ok("4.3.1", "PING from a client", C, [11])
     a.ok("4.3.2", "PING from the gateway", G, [11])
@@ -612,10 +631,33 @@ def durable() -> Area:
                                        "max_inflight": 10, "deliver": "all", "flow": "credit"}])
     a.ok("5.1.2", "SUB with ack none and deliver new", C,
          [4, 21, "events.>", None, {"ack": "none", "deliver": "new"}])
+    a.ok("5.1.3", "durable SUB, minimal: only the consumer's name", C,
+         [4, 22, "jobs.thumbs", None, {"durable": "thumbs"}])
+    a.ok("5.1.4", "durable SUB starting with new messages, own max_inflight", C,
+         [4, 23, "jobs.crop", None, {"durable": "cropper", "deliver": "new", "max_inflight": 1}])
+    a.alt("5.1.5", "durable SUB with max_inflight as uint32 and the opts map as map16", C,
+          cat(ARR(5), 4, 22, "jobs.thumbs", NIL, MAP16(2), "durable", "thumbs", "max_inflight", U32(4)),
+          [4, 22, "jobs.thumbs", None, {"durable": "thumbs", "max_inflight": 4}])
     a.ok("5.2.1", "MSG with a delivery_id", G,
          [6, 20, "jobs.resize", b"img-1", TENANT, None, 1])
-    a.ok("5.2.2", "MSG with the largest JSON-safe delivery_id (2^53 - 1)", G,
+    a.ok("5.2.2", "MSG on a durable subscription: delivery_id 1, attempt 1", G,
+         [6, 20, "jobs.resize", b"img-1", TENANT, None, 1, 1])
+    a.ok("5.2.3", "MSG with the largest JSON-safe delivery_id (2^53 - 1)", G,
          [6, 20, "jobs.resize", b"img-1", TENANT, None, 2**53 - 1])
+    a.ok("5.2.4", "MSG redelivered: attempt 3, no headers (nil headers and reply_to)", G,
+         [6, 20, "jobs.resize", b"img-1", None, None, 42, 3])
+    a.ok("5.2.5", "MSG with every field: binary payload, headers, reply_to, delivery_id, attempt", G,
+         [6, 20, "jobs.resize", BINARY, {"busgate-tenant": "acme", "trace-id": "abc123"},
+          "replies.worker-1.7", 2**53 - 1, 2])
+    a.alt("5.2.6", "MSG with attempt as uint16 where a fixint suffices", G,
+          cat(ARR(8), 6, 20, "jobs.resize", b"img-1", TENANT, NIL, 1, U16(2)),
+          [6, 20, "jobs.resize", b"img-1", TENANT, None, 1, 2])
+    a.alt("5.2.7", "MSG with an explicit attempt 0 (an optional uint of 0 is absent)", G,
+          cat(ARR(8), 6, 20, "jobs.resize", b"img-1", TENANT, NIL, 1, 0),
+          [6, 20, "jobs.resize", b"img-1", TENANT, None, 1])
+    a.alt("5.2.8", "MSG with attempt and an unknown extra trailing field", G,
+          cat(ARR(9), 6, 20, "jobs.resize", b"img-1", TENANT, NIL, 1, 1, "future"),
+          [6, 20, "jobs.resize", b"img-1", TENANT, None, 1, 1])
     a.ok("5.3.1", "ACK", C, [14, 20, 1])
     a.ok("5.3.2", "ACK with a delivery_id of 2^53 - 1", C, [14, 20, 2**53 - 1])
     a.alt("5.3.3", "ACK with delivery_id as uint64 where a fixint suffices", C,
@@ -628,6 +670,31 @@ def durable() -> Area:
           [15, 20, 1])
     a.ok("5.5.1", "CREDIT 100", C, [16, 20, 100])
     a.alt("5.5.2", "CREDIT with credits as uint32", C, cat(ARR(3), 16, 20, U32(100)), [16, 20, 100])
+    a.ok("5.6.1", "PROGRESS", C, [17, 20, 1])
+    a.ok("5.6.2", "PROGRESS with a delivery_id of 2^53 - 1", C, [17, 20, 2**53 - 1])
+    a.alt("5.6.3", "PROGRESS with delivery_id as uint64 where a fixint suffices", C,
+          cat(ARR(3), 17, 20, U64(1)), [17, 20, 1])
+    a.alt("5.6.4", "PROGRESS with an unknown extra trailing field", C,
+          cat(ARR(4), 17, 20, 1, "future"), [17, 20, 1])
+    a.ok("5.7.1", "TERM without a reason", C, [18, 20, 1])
+    a.ok("5.7.2", "TERM with a reason", C, [18, 20, 1, "corrupt image"])
+    a.ok("5.7.3", "TERM with a non-ASCII UTF-8 reason", C, [18, 20, 7, "en-tête illisible"])
+    a.alt("5.7.4", "TERM with an explicit trailing nil reason", C, cat(ARR(4), 18, 20, 1, NIL),
+          [18, 20, 1])
+    a.alt("5.7.5", "TERM with the reason as str8 where fixstr suffices", C,
+          cat(ARR(4), 18, 20, 1, STR8("corrupt image")), [18, 20, 1, "corrupt image"])
+    a.ok("5.8.1", "PUB with an ack id and a msg_id", C,
+         [3, "orders.created", b"hello", None, None, 7, "order-42"])
+    a.ok("5.8.2", "PUB with a msg_id and no ack (nil ack)", C,
+         [3, "orders.created", b"hello", None, None, None, "order-42"])
+    a.ok("5.8.3", "PUB with every field, msg_id included", C,
+         [3, "orders.created", b"hello", {"trace-id": "abc123"}, "replies.worker-1.7", 7, "order-42"])
+    a.alt("5.8.4", "PUB with an explicit ack 0 before a msg_id", C,
+          cat(ARR(7), 3, "orders.created", b"hello", NIL, NIL, 0, "order-42"),
+          [3, "orders.created", b"hello", None, None, None, "order-42"])
+    a.alt("5.8.5", "PUB with msg_id and explicit trailing nils after it", C,
+          cat(ARR(9), 3, "orders.created", b"hello", NIL, NIL, 7, "order-42", NIL, NIL),
+          [3, "orders.created", b"hello", None, None, 7, "order-42"])
     return a
 
 
@@ -678,6 +745,11 @@ def invalid() -> Area:
     a.bad("6.4.12", "unknown op 99 with a str that is not UTF-8", G, bytes([0x92, 0x63, 0xA1, 0xFF]), mf)
     a.bad("6.4.13", "unknown op 99 with a field missing (array of 3, 2 present)", C,
           bytes([0x93, 0x63, 0x01]), mf)
+    a.bad("6.4.14", "op 19, the first code after TERM, from a client", C, pack([19, 20, 1]),
+          "UNKNOWN_OP")
+    a.bad("6.4.15", "op 19 from the gateway", G, pack([19, 20, 1]), "UNKNOWN_OP")
+    a.bad("6.4.16", "PROGRESS from the gateway", G, pack([17, 20, 1]), "UNEXPECTED_OP")
+    a.bad("6.4.17", "TERM from the gateway", G, pack([18, 20, 1, "why"]), "UNEXPECTED_OP")
 
     a.bad("6.5.1", "PUB payload as str instead of bin", C, pack([3, "orders.created", "hello"]), mf)
     a.bad("6.5.2", "MSG payload as str instead of bin (types are checked in both directions)", G,
@@ -714,6 +786,27 @@ def invalid() -> Area:
     a.bad("6.5.30", "SUB opts holding a bin value", C, pack([4, 1, "a", None, {"durable": b"x"}]),
           mf)
     a.bad("6.5.31", "HELLO versions as a map", C, pack([1, {"v": 1}, AUTH]), mf)
+    a.bad("6.5.32", "PROGRESS missing delivery_id", C, pack([17, 20]), mf)
+    a.bad("6.5.33", "PROGRESS with no fields", C, pack([17]), mf)
+    a.bad("6.5.34", "PROGRESS delivery_id as str", C, pack([17, 20, "1"]), mf)
+    a.bad("6.5.35", "PROGRESS sid negative", C, pack([17, -20, 1]), mf)
+    a.bad("6.5.36", "PROGRESS delivery_id nil", C, pack([17, 20, None]), mf)
+    a.bad("6.5.37", "TERM missing delivery_id", C, pack([18, 20]), mf)
+    a.bad("6.5.38", "TERM reason as an integer", C, pack([18, 20, 1, 5]), mf)
+    a.bad("6.5.39", "TERM reason as bin", C, pack([18, 20, 1, b"corrupt image"]), mf)
+    a.bad("6.5.40", "TERM sid above uint32", C, pack([18, 2**32, 1]), mf)
+    a.bad("6.5.41", "TERM delivery_id as a float", C, cat(ARR(3), 18, 20, F64(1.0)), mf)
+    a.bad("6.5.42", "TERM reason as a map", C, pack([18, 20, 1, {"why": "corrupt"}]), mf)
+    a.bad("6.5.43", "TERM reason that is not valid UTF-8", C,
+          cat(ARR(4), 18, 20, 1, Raw(b"\xa2\xc3\x28")), mf)
+    a.bad("6.5.44", "MSG attempt as str", G,
+          pack([6, 20, "jobs.resize", b"img-1", TENANT, None, 1, "1"]), mf)
+    a.bad("6.5.45", "MSG attempt negative", G,
+          pack([6, 20, "jobs.resize", b"img-1", TENANT, None, 1, -1]), mf)
+    a.bad("6.5.46", "PUB msg_id as an integer", C, pack(pub + [None, None, 7, 42]), mf)
+    a.bad("6.5.47", "PUB msg_id as bin", C, pack(pub + [None, None, 7, b"order-42"]), mf)
+    a.bad("6.5.48", "NAK delay_ms as str", C, pack([15, 20, 1, "5000"]), mf)
+    a.bad("6.5.49", "ACK delivery_id negative", C, pack([14, 20, -1]), mf)
 
     a.bad("6.6.1", "PUB subject empty", C, pack([3, "", b"x"]), "INVALID_SUBJECT")
     a.bad("6.6.2", "PUB subject with an empty token", C, pack([3, "orders..created", b"x"]),
@@ -795,6 +888,32 @@ AREAS = [handshake, pubsub, request, control, durable, invalid]
 # --------------------------------------------------------------------------------------------------
 
 
+DOCS = HERE.parent.parent / "docs" / "protocol.md"
+# "vector `2.1.5` ... `[3,...]`" optionally followed by ":" and a code block holding one hex line.
+DOC_EXAMPLE = re.compile(r"[Vv]ector `(\d+(?:\.\d+)+)`[^`\n]*(?:\n[^`\n]*)?`(\[[^`]*\])`"
+                         r"(?:[^`\n]*:\n\n```\n([0-9a-f]+)\n```)?")
+
+
+def check_docs(by_id: dict) -> list[str]:
+    """Every example of docs/protocol.md that names a vector must show that vector's canonical JSON
+    and, when it shows bytes, its hex."""
+    if not DOCS.exists():
+        return []
+    problems = []
+    for m in DOC_EXAMPLE.finditer(DOCS.read_text()):
+        cid, text, hexs = m.group(1), m.group(2), m.group(3)
+        case = by_id.get(cid)
+        if case is None:
+            problems.append(f"docs/protocol.md names vector {cid}, which does not exist")
+            continue
+        want = json.dumps(case.get("decoded"), separators=(",", ":"), ensure_ascii=False)
+        if not case["valid"] or text != want:
+            problems.append(f"docs/protocol.md: vector {cid} is {want}, the example shows {text}")
+        if hexs is not None and hexs != case["hex"]:
+            problems.append(f"docs/protocol.md: vector {cid} is {case['hex']}, the example shows {hexs}")
+    return problems
+
+
 def render(area: Area) -> str:
     return json.dumps({"area": area.name, "cases": area.cases}, indent=2, ensure_ascii=False) + "\n"
 
@@ -810,9 +929,11 @@ def main(argv: list[str]) -> int:
     require(sorted(schema["$defs"]["error"]["enum"]) == sorted(ERRORS), "schema error names")
 
     seen: set[str] = set()
+    by_id: dict[str, dict] = {}
     stale = []
     for make in AREAS:
         area = make()
+        by_id.update((c["id"], c) for c in area.cases)
         ids = [tuple(map(int, c["id"].split("."))) for c in area.cases]
         require(ids == sorted(ids), f"{area.name}: case ids out of order")
         require(seen.isdisjoint(c["id"] for c in area.cases), f"{area.name}: duplicate id")
@@ -827,6 +948,11 @@ def main(argv: list[str]) -> int:
             path.write_text(text)
         print(f"{path.name}: {len(area.cases)} cases")
     print(f"total: {len(seen)} cases")
+    doc_problems = check_docs(by_id)
+    for p in doc_problems:
+        print(p, file=sys.stderr)
+    if doc_problems:
+        return 1
     if stale:
         print("stale (run generate.py): " + ", ".join(stale), file=sys.stderr)
         return 1
