@@ -8,6 +8,7 @@
 
 #include "busgate/protocol/msgpack.hpp"
 #include "busgate/protocol/subject.hpp"
+#include "nats_jetstream.hpp"
 #include "nats_link.hpp"
 
 namespace busgate::gw {
@@ -28,71 +29,10 @@ struct Local {
   bool active;
 };
 
-// msgpack headers map → NATS header block ("NATS/1.0\r\nKey: value\r\n...\r\n"), into `out`.
-void to_nats_headers(std::string_view packed, std::string& out) {
-  out.clear();
-  if (packed.empty()) return;
-  proto::mp::Reader rd(packed);
-  uint32_t n = 0;
-  if (!rd.read_map(n) || n == 0) return;
-  out.append("NATS/1.0\r\n"sv);
-  for (uint32_t i = 0; i < n; ++i) {
-    std::string_view k, v;
-    if (!rd.read_str(k) || !rd.read_str(v)) break;
-    // Client headers are grammar-checked on entry; anything that would break the framing is dropped.
-    bool ok = !k.empty();
-    for (char c : k) ok = ok && c != ':' && c != ' ' && c != '\r' && c != '\n';
-    for (char c : v) ok = ok && c != '\r' && c != '\n';
-    if (!ok) continue;
-    out.append(k).append(": "sv).append(v).append("\r\n"sv);
-  }
-  out.append("\r\n"sv);
-}
-
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
   return s;
-}
-
-// NATS header block → msgpack map (the first value of each key), into `out`; returns the status
-// code on the version line ("503" for no responders), empty for none.
-std::string_view from_nats_headers(std::string_view block, std::string& out) {
-  out.clear();
-  std::string_view status;
-  thread_local std::vector<std::pair<std::string_view, std::string_view>> kv;
-  kv.clear();
-  bool first = true;
-  while (!block.empty()) {
-    const size_t eol = block.find('\n');
-    std::string_view line = block.substr(0, eol);
-    block = eol == std::string_view::npos ? std::string_view{} : block.substr(eol + 1);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (first) {
-      first = false;
-      if (line.starts_with("NATS/1.0")) {
-        const std::string_view rest = trim(line.substr(8));
-        status = rest.substr(0, rest.find(' '));
-      }
-      continue;
-    }
-    if (line.empty()) break;
-    const size_t colon = line.find(':');
-    if (colon == std::string_view::npos || colon == 0) continue;
-    const std::string_view k = trim(line.substr(0, colon));
-    const std::string_view v = trim(line.substr(colon + 1));
-    bool seen = false;
-    for (const auto& p : kv) seen = seen || p.first == k;
-    if (!seen && !k.empty()) kv.emplace_back(k, v);
-  }
-  if (kv.empty()) return status;
-  proto::mp::Writer w(out);
-  w.map_header(static_cast<uint32_t>(kv.size()));
-  for (const auto& [k, v] : kv) {
-    w.str(proto::is_valid_utf8(k) ? k : std::string_view("?"));
-    w.str(proto::is_valid_utf8(v) ? v : std::string_view("?"));
-  }
-  return status;
 }
 
 BusMessagePtr to_bus_message(const NatsInbound& m, std::string_view* status = nullptr) {
@@ -120,6 +60,67 @@ struct Signal {
 
 }  // namespace
 
+void to_nats_headers(std::string_view packed, std::string& out) {
+  out.clear();
+  if (packed.empty()) return;
+  proto::mp::Reader rd(packed);
+  uint32_t n = 0;
+  if (!rd.read_map(n) || n == 0) return;
+  out.append("NATS/1.0\r\n"sv);
+  for (uint32_t i = 0; i < n; ++i) {
+    std::string_view k, v;
+    if (!rd.read_str(k) || !rd.read_str(v)) break;
+    // Client headers are grammar-checked on entry; anything that would break the framing is dropped.
+    bool ok = !k.empty();
+    for (char c : k) ok = ok && c != ':' && c != ' ' && c != '\r' && c != '\n';
+    for (char c : v) ok = ok && c != '\r' && c != '\n';
+    if (!ok) continue;
+    out.append(k).append(": "sv).append(v).append("\r\n"sv);
+  }
+  out.append("\r\n"sv);
+}
+
+std::string_view from_nats_headers(std::string_view block, std::string& out, bool drop_nats) {
+  out.clear();
+  std::string_view status;
+  thread_local std::vector<std::pair<std::string_view, std::string_view>> kv;
+  kv.clear();
+  bool first = true;
+  while (!block.empty()) {
+    const size_t eol = block.find('\n');
+    std::string_view line = block.substr(0, eol);
+    block = eol == std::string_view::npos ? std::string_view{} : block.substr(eol + 1);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (first) {
+      first = false;
+      if (line.starts_with("NATS/1.0")) {
+        const std::string_view rest = trim(line.substr(8));
+        status = rest.substr(0, rest.find(' '));
+      }
+      continue;
+    }
+    if (line.empty()) break;
+    const size_t colon = line.find(':');
+    if (colon == std::string_view::npos || colon == 0) continue;
+    const std::string_view k = trim(line.substr(0, colon));
+    const std::string_view v = trim(line.substr(colon + 1));
+    if (drop_nats && k.size() > 5 && (k[0] | 0x20) == 'n' && (k[1] | 0x20) == 'a' && (k[2] | 0x20) == 't' &&
+        (k[3] | 0x20) == 's' && k[4] == '-')
+      continue;
+    bool seen = false;
+    for (const auto& p : kv) seen = seen || p.first == k;
+    if (!seen && !k.empty()) kv.emplace_back(k, v);
+  }
+  if (kv.empty()) return status;
+  proto::mp::Writer w(out);
+  w.map_header(static_cast<uint32_t>(kv.size()));
+  for (const auto& [k, v] : kv) {
+    w.str(proto::is_valid_utf8(k) ? k : std::string_view("?"));
+    w.str(proto::is_valid_utf8(v) ? v : std::string_view("?"));
+  }
+  return status;
+}
+
 struct NatsBus::Interest {
   uint64_t sid = 0;
   std::string subject;
@@ -141,14 +142,21 @@ NatsBus::NatsBus(const GatewayConfig& cfg) : inbox_prefix_("_INBOX." + cfg.node_
   o.tls_cert = cfg.bus.tls_cert;
   o.tls_key = cfg.bus.tls_key;
   link_ = std::make_unique<NatsLink>(
-      std::move(o), [this](const NatsInbound& m) { on_message(m); }, nullptr);
+      std::move(o), [this](const NatsInbound& m) { on_message(m); },
+      [this](std::string_view what, const std::string&) { js_->on_link_event(what); });
+  js_ = std::make_unique<NatsJetStream>(*link_, inbox_prefix_ + "js.");
   link_->subscribe(kInboxSid, inbox_prefix_ + "*", "");
   link_->start(std::chrono::milliseconds(3000));
 }
 
-NatsBus::~NatsBus() { link_.reset(); }
+NatsBus::~NatsBus() {
+  js_->stop();
+  link_.reset();
+}
 
-bool NatsBus::healthy() const { return link_->connected(); }
+// Ready once connected and, when streams are configured, once JetStream has answered for them.
+bool NatsBus::healthy() const { return link_->connected() && js_->ready(); }
+DurableBus* NatsBus::durable() { return js_.get(); }
 bool NatsBus::congested() const { return link_->congested(); }
 void NatsBus::when_drained(std::function<void()> fn) { link_->when_drained(std::move(fn)); }
 
@@ -229,6 +237,7 @@ void NatsBus::unsubscribe(uint64_t id) {
 
 void NatsBus::on_message(const NatsInbound& m) {
   if (m.sid == kInboxSid) return on_inbox(m);
+  if (NatsJetStream::owns(m.sid)) return js_->on_message(m);
   thread_local std::vector<std::shared_ptr<DeliverFn>> targets;
   targets.clear();
   {

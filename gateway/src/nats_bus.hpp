@@ -1,7 +1,8 @@
 #pragma once
 // The production bus: NATS, through the gateway's own NATS link (nats_link.hpp). One bus
 // subscription per (subject, queue group) per node, fanned out locally; requests through one
-// wildcard inbox subscription per node.
+// wildcard inbox subscription per node. Streams and durable consumers are JetStream's, spoken over
+// the same link (nats_jetstream.hpp).
 
 #include <atomic>
 #include <map>
@@ -16,7 +17,15 @@
 namespace busgate::gw {
 
 class NatsLink;
+class NatsJetStream;
 struct NatsInbound;
+
+// msgpack headers map → NATS header block ("NATS/1.0\r\nKey: value\r\n...\r\n"), into `out`.
+void to_nats_headers(std::string_view packed, std::string& out);
+// NATS header block → msgpack map (the first value of each key), into `out`; returns the status
+// code on the version line ("503" for no responders), empty for none. `drop_nats`: leave out the
+// server's own "Nats-" headers (a stored message's Nats-Msg-Id).
+std::string_view from_nats_headers(std::string_view block, std::string& out, bool drop_nats = false);
 
 class NatsBus final : public Bus {
  public:
@@ -36,6 +45,7 @@ class NatsBus final : public Bus {
   BusStats stats() const override;
   bool congested() const override;
   void when_drained(std::function<void()> fn) override;
+  DurableBus* durable() override;
 
  private:
   struct Interest;  // one NATS subscription and its local subscribers
@@ -49,6 +59,7 @@ class NatsBus final : public Bus {
   std::unordered_map<uint64_t, std::shared_ptr<Interest>> by_local_id_;
   std::atomic<uint64_t> next_id_{2};  // sid 1 is the node inbox
   ReplyTable requests_;
+  std::unique_ptr<NatsJetStream> js_;  // JetStream: streams and durable consumers
   std::unique_ptr<NatsLink> link_;  // declared last: stopped before the rest goes away
 };
 
