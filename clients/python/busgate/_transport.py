@@ -89,8 +89,8 @@ class Transport:
         raise NotImplementedError
 
     def send_pub(self, subject: str, payload: bytes, headers: dict | None, reply_to: str | None,
-                 ack: int | None) -> None:
-        self.send(P.Pub(subject, payload, headers, reply_to, ack))
+                 ack: int | None, msg_id: str | None = None) -> None:
+        self.send(P.Pub(subject, payload, headers, reply_to, ack, msg_id))
 
     @property
     def write_blocked(self) -> bool:
@@ -312,8 +312,8 @@ class TcpTransport(Transport):
         self._write(data)
 
     def send_pub(self, subject: str, payload: bytes, headers: dict | None, reply_to: str | None,
-                 ack: int | None) -> None:
-        data = P.encode_pub_framed(subject, payload, headers, reply_to, ack)
+                 ack: int | None, msg_id: str | None = None) -> None:
+        data = P.encode_pub_framed(subject, payload, headers, reply_to, ack, msg_id)
         if len(data) - 4 > self.parser.max_frame:
             raise E.FrameTooLarge(f"a PUB frame of {len(data) - 4} bytes is above max_frame "
                                   f"{self.parser.max_frame}; not sent")

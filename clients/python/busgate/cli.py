@@ -4,12 +4,21 @@
     busgate-cli sub 'orders.>' --count 10
     busgate-cli req svc.echo ping --timeout 2
     busgate-cli reply svc.echo --echo
+    busgate-cli pub jobs.score '{"id": 7}' --ack --msg-id job-7       # stored once on a stream subject
+    busgate-cli sub jobs.score --durable scorers --count 10            # prints and acknowledges
 
 ``--url`` defaults to $BUSGATE_URL (else busgate://127.0.0.1:7422), ``--token`` to $BUSGATE_TOKEN.
 DATA ``-`` reads standard input. ``sub``/``req``/``reply`` print one JSON object per message with
 ``--json``. Status lines ("Subscribed to ...", "Listening on ...") go to standard error once the
 gateway has confirmed the subscription, so scripts can wait for them. Exit codes: 0 success, 1 a
-busgate error (printed as ``busgate-cli: NAME (code): message``), 2 usage, 130 interrupted.
+busgate error (printed as ``busgate-cli: NAME (code): message``, e.g. NOT_STORED when a stream
+could not store a ``pub --ack``), 2 usage, 130 interrupted.
+
+``sub --durable NAME`` reads the durable consumer NAME (docs/protocol.md section 16) and prints each
+delivery with its delivery id and attempt, then settles it: ``--ack`` (the default), ``--nak``
+(redeliver, after ``--delay`` seconds or the consumer's backoff), ``--term`` (dead-letter it, with
+``--reason``), or ``--no-ack`` (hold it: a peek; what is held is released when the command exits,
+and at most ``--max-inflight`` deliveries, default 1, are held).
 """
 from __future__ import annotations
 
@@ -52,13 +61,16 @@ def _show(msg: Msg, n: int, as_json: bool, raw: bool) -> None:
         except UnicodeDecodeError:
             import base64
             data = {"base64": base64.b64encode(msg.data).decode()}
-        print(json.dumps({"subject": msg.subject, "data": data, "headers": msg.headers, "reply_to": msg.reply_to},
-                         ensure_ascii=False), flush=True)
+        out = {"subject": msg.subject, "data": data, "headers": msg.headers, "reply_to": msg.reply_to}
+        if msg.delivery_id is not None:
+            out.update(delivery_id=msg.delivery_id, attempt=msg.attempt)
+        print(json.dumps(out, ensure_ascii=False), flush=True)
     elif raw:
         sys.stdout.buffer.write(msg.data + b"\n")
         sys.stdout.flush()
     else:
-        print(f'[#{n}] Received on "{msg.subject}"' + (f' with reply "{msg.reply_to}"' if msg.reply_to else ""))
+        print(f'[#{n}] Received on "{msg.subject}"' + (f' with reply "{msg.reply_to}"' if msg.reply_to else "")
+              + (f" (delivery {msg.delivery_id}, attempt {msg.attempt})" if msg.delivery_id is not None else ""))
         for k, v in (msg.headers or {}).items():
             print(f"{k}: {v}")
         print()
@@ -95,9 +107,11 @@ async def _run(args: argparse.Namespace) -> int:
         if args.cmd == "pub":
             data = _data(args.data)
             for i in range(args.count):
-                await bg.publish(args.subject, data, _headers(args.header), args.reply_to, ack=args.ack)
+                await bg.publish(args.subject, data, _headers(args.header), args.reply_to, ack=args.ack,
+                                 msg_id=args.msg_id)
             await bg.flush()
-            _status(f"Published {args.count} message(s) of {len(data)} bytes to {args.subject!r}")
+            _status(f"Published {args.count} message(s) of {len(data)} bytes to {args.subject!r}"
+                    + (" (stored)" if args.ack else ""))
         elif args.cmd == "req":
             reply = await bg.request(args.subject, _data(args.data), args.timeout, _headers(args.header))
             _show(reply, 1, args.json, args.raw or not args.json)
@@ -109,15 +123,28 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _sub(bg: Client, args: argparse.Namespace) -> None:
-    sub = await bg.subscribe(args.subject, args.queue)
-    _status(f"Subscribed to {args.subject!r}" + (f" in queue {args.queue!r}" if args.queue else ""))
+    if args.durable is None:
+        sub = await bg.subscribe(args.subject, args.queue)
+        _status(f"Subscribed to {args.subject!r}" + (f" in queue {args.queue!r}" if args.queue else ""))
+    else:
+        sub = await bg.subscribe(args.subject, durable=args.durable, max_inflight=args.max_inflight,
+                                 deliver=args.deliver)
+        _status(f"Subscribed to {args.subject!r} as durable {args.durable!r}")
 
     async def work() -> None:
         n = 0
         async for msg in sub:
             n += 1
             _show(msg, n, args.json, args.raw)
+            if msg.delivery_id is not None:
+                if args.settle == "ack":
+                    await msg.ack()
+                elif args.settle == "nak":
+                    await msg.nak(args.delay)
+                elif args.settle == "term":
+                    await msg.term(args.reason)
             if args.count and n >= args.count:
+                await bg.flush()
                 return
 
     await _until_signal(asyncio.ensure_future(work()))
@@ -158,7 +185,9 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("-H", "--header", action="append", help="KEY=VALUE, repeatable")
     pub.add_argument("--reply-to", default=None)
     pub.add_argument("--count", type=int, default=1, help="publish it this many times")
-    pub.add_argument("--ack", action="store_true", help="wait for the gateway's OK for each message")
+    pub.add_argument("--ack", action="store_true",
+                     help="wait for the gateway's OK for each message (on a stream subject: once it is stored)")
+    pub.add_argument("--msg-id", default=None, help="idempotency key: a stream stores one message per key")
 
     sub = sp.add_parser("sub", help="subscribe and print messages")
     sub.add_argument("subject")
@@ -166,6 +195,23 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--count", type=int, default=0, help="exit after this many messages (0: never)")
     sub.add_argument("--json", action="store_true", help="one JSON object per message")
     sub.add_argument("--raw", action="store_true", help="print only the payloads")
+    sub.add_argument("--durable", default=None, metavar="NAME", help="read the durable consumer NAME")
+    settle = sub.add_mutually_exclusive_group()
+    settle.add_argument("--ack", dest="settle", action="store_const", const="ack",
+                        help="acknowledge each delivery after printing it (the default)")
+    settle.add_argument("--no-ack", dest="settle", action="store_const", const="none",
+                        help="do not settle: a peek; held deliveries are released when the command exits")
+    settle.add_argument("--nak", dest="settle", action="store_const", const="nak",
+                        help="NAK each delivery: it is redelivered (after --delay, else the consumer's backoff)")
+    settle.add_argument("--term", dest="settle", action="store_const", const="term",
+                        help="TERM each delivery: it is dead-lettered (with --reason)")
+    sub.set_defaults(settle="ack")
+    sub.add_argument("--delay", type=float, default=None, help="with --nak: seconds before the redelivery")
+    sub.add_argument("--reason", default=None, help="with --term: the reason copied into the dead letter")
+    sub.add_argument("--max-inflight", type=int, default=None,
+                     help="deliveries held at once (default 1)")
+    sub.add_argument("--deliver", choices=("all", "new"), default=None,
+                     help="where a consumer this creates starts (default all)")
 
     req = sp.add_parser("req", help="send a request and print the reply")
     req.add_argument("subject")
@@ -188,7 +234,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.cmd == "sub" and args.durable is None and (
+            args.settle != "ack" or args.max_inflight is not None or args.deliver is not None):
+        p.error("--no-ack, --nak, --term, --max-inflight and --deliver need --durable")
     try:
         code = asyncio.run(_run(args))
     except KeyboardInterrupt:

@@ -58,24 +58,54 @@ class Msg:
     ``subject``, ``data`` (bytes), ``headers`` (dict or None), ``reply_to`` (str or None),
     ``sid``. ``tenant`` is the publishing tenant (the gateway-set ``busgate-tenant`` header, which
     clients cannot forge). ``await msg.respond(data)`` answers a request.
+
+    A delivery of a durable subscription (``subscribe(..., durable=NAME)``) also has
+    ``delivery_id`` and ``attempt`` (1 for the first delivery, 2 for the first redelivery, ...) and
+    is settled exactly once with ``await msg.ack()``, ``await msg.nak(delay=None)`` or
+    ``await msg.term(reason=None)``; ``await msg.in_progress()`` restarts its ack wait while the work
+    goes on. Each of them returns True when the frame was sent on the connection the delivery came
+    from, and False when that connection (or the subscription on it) is gone: the gateway has then
+    already released the delivery, it will be redelivered as the next attempt, and there is nothing
+    left to acknowledge. Either way the delivery no longer counts against the subscription's
+    ``max_inflight`` window once settled. Settling a delivery twice raises
+    :class:`~busgate.errors.DeliverySettled`; these methods on a message that is not a durable
+    delivery raise :class:`~busgate.errors.NotDurable`.
     """
 
-    __slots__ = ("subject", "data", "headers", "reply_to", "sid", "_client", "_conn")
+    __slots__ = ("subject", "data", "headers", "reply_to", "sid", "delivery_id", "attempt", "_client", "_conn",
+                 "_sub", "_settled")
 
     def __init__(self, subject: str, data: bytes, headers: dict[str, str] | None = None,
                  reply_to: str | None = None, sid: int = 0, client: "Client | None" = None,
-                 conn: "_Connection | None" = None) -> None:
+                 conn: "_Connection | None" = None, delivery_id: int | None = None,
+                 attempt: int | None = None) -> None:
         self.subject = subject
         self.data = data
         self.headers = headers
         self.reply_to = reply_to
         self.sid = sid
+        self.delivery_id = delivery_id
+        self.attempt = attempt
         self._client = client
         self._conn = conn
+        self._sub: Subscription | None = None  # set for deliveries of a durable subscription
+        self._settled = False
 
     @property
     def tenant(self) -> str | None:
         return self.headers.get("busgate-tenant") if self.headers else None
+
+    @property
+    def settled(self) -> bool:
+        """Whether this delivery was acknowledged, nakked or terminated by this process."""
+        return self._settled
+
+    @property
+    def stale(self) -> bool:
+        """Whether the connection or subscription this delivery came on is gone (the gateway has
+        released it for redelivery); settling it then sends nothing and returns False."""
+        sub = self._sub
+        return sub is None or not sub._live_on(self._conn)
 
     def text(self) -> str:
         return self.data.decode("utf-8")
@@ -92,9 +122,59 @@ class Msg:
             raise E.ClientError("this message has no reply_to: there is nothing to respond to")
         await self._client.publish(self.reply_to, data, headers=headers)
 
+    # -- durable deliveries (docs/protocol.md section 16.3)
+    async def ack(self) -> bool:
+        """The work is done: the message is not delivered again."""
+        return self._send(P.Ack, True)
+
+    async def nak(self, delay: float | None = None) -> bool:
+        """The work failed: redeliver the message (as the next attempt) after ``delay`` seconds, or,
+        with None, after the consumer's configured backoff for this attempt (none configured: at
+        once). A delay rounds to whole milliseconds, at least 1."""
+        delay_ms = None
+        if delay is not None:
+            if delay < 0:
+                raise ValueError("delay must not be negative")
+            delay_ms = max(1, int(round(delay * 1000)))
+        return self._send(P.Nak, True, delay_ms)
+
+    async def in_progress(self) -> bool:
+        """Still working on it: restart the delivery's ack wait. Long jobs call it more often than the
+        consumer's ``ack_wait_ms`` (the program runner does it for its handlers)."""
+        return self._send(P.Progress, False)
+
+    async def term(self, reason: str | None = None) -> bool:
+        """Do not retry: the message goes to the consumer's dead-letter subject with
+        ``busgate-dead-reason: terminated[: reason]``. ``reason`` is cut to 1024 bytes."""
+        if reason is not None:
+            b = str(reason).encode("utf-8")
+            if len(b) > P.TERM_REASON_MAX:
+                reason = b[:P.TERM_REASON_MAX].decode("utf-8", "ignore")
+            reason = str(reason) or None
+        return self._send(P.Term, True, reason)
+
+    def _send(self, cls: type, final: bool, *extra: Any) -> bool:
+        sub = self._sub
+        if sub is None or self.delivery_id is None:
+            raise E.NotDurable()
+        if self._settled:
+            raise E.DeliverySettled(f"delivery {self.delivery_id} on {self.subject!r} was already settled")
+        conn = self._conn
+        live = sub._live_on(conn)
+        if live:
+            conn.transport.send(cls(self.sid, self.delivery_id, *extra))  # type: ignore[union-attr]
+        elif final:
+            log.debug("busgate: delivery %s on %r came on a connection that is gone; the gateway released it",
+                      self.delivery_id, self.subject)
+        if final:
+            self._settled = True
+            sub._settle(self)
+        return live
+
     def __repr__(self) -> str:
         d = self.data if len(self.data) <= 64 else self.data[:64] + b"..."
-        return f"<Msg subject={self.subject!r} data={d!r} headers={self.headers!r} reply_to={self.reply_to!r}>"
+        extra = f" delivery_id={self.delivery_id} attempt={self.attempt}" if self.delivery_id is not None else ""
+        return f"<Msg subject={self.subject!r} data={d!r} headers={self.headers!r} reply_to={self.reply_to!r}{extra}>"
 
 
 class Subscription:
@@ -107,14 +187,23 @@ class Subscription:
     (``max_pending``); a consumer stalled long enough is disconnected by the gateway with
     SLOW_CONSUMER, and the client then reconnects and resubscribes (messages queued at the gateway
     for the old connection are lost: delivery is at most once).
+
+    A durable subscription (``durable=NAME``, docs/protocol.md section 16) takes its messages from
+    a consumer on the bus and holds at most ``max_inflight`` deliveries: the client grants the
+    gateway a credit (CREDIT) for each free place in that window, and a place is freed when a
+    delivery is settled (ack, nak, term). What it does not take stays stored on the bus.
     """
 
     def __init__(self, client: "Client", sid: int, subject: str, queue: str | None, cb: Callback | None,
-                 pending_msgs_limit: int, pending_bytes_limit: int) -> None:
+                 pending_msgs_limit: int, pending_bytes_limit: int, durable: str | None = None,
+                 opts: dict[str, Any] | None = None, max_inflight: int = 1) -> None:
         self._client = client
         self.sid = sid
         self.subject = subject
         self.queue = queue
+        self.durable = durable
+        self.opts = opts            # the SUB opts sent (durable subscriptions)
+        self.max_inflight = max_inflight
         self._cb = cb
         self.pending_msgs_limit = max(1, pending_msgs_limit)
         self.pending_bytes_limit = max(1, pending_bytes_limit)
@@ -131,6 +220,16 @@ class Subscription:
         self._empty.set()
         self.delivered = 0          # messages received on this subscription
         self.max_pending_seen = 0   # the highest number of messages that waited in the local queue
+        # durable: deliveries received and not settled (queued or taken), the connections the SUB was
+        # sent on and not ended there (value: credits granted there and not used yet), those of them
+        # whose OK arrived, and whether new credits may be granted
+        self._unsettled: set[Msg] = set()
+        self._credits: dict[_Connection, int] = {}
+        self._ready: set[_Connection] = set()
+        self._granting = True
+        self._grant_handle: asyncio.Handle | None = None
+        self._settled_event = asyncio.Event()  # set whenever nothing is unsettled
+        self._settled_event.set()
 
     # -- state
     @property
@@ -145,10 +244,93 @@ class Subscription:
     def closed(self) -> bool:
         return self._closed and not self._q
 
+    @property
+    def unsettled(self) -> int:
+        """Durable: deliveries held (queued here or taken by the application) and not yet settled."""
+        return len(self._unsettled)
+
+    # -- durable bookkeeping
+    def _live_on(self, conn: "_Connection | None") -> bool:
+        """Whether the subscription is live on ``conn``: deliveries from it can still be settled."""
+        return conn is not None and conn in self._credits and conn.state != "closed"
+
+    def _held_on(self, conn: "_Connection") -> int:
+        return sum(1 for m in self._unsettled if m._conn is conn)
+
+    def _sent_sub(self, conn: "_Connection") -> None:
+        """The SUB for this durable subscription was sent on ``conn``."""
+        self._credits[conn] = 0
+        self._ready.discard(conn)
+
+    def _on_live(self, conn: "_Connection") -> None:
+        """OK for the SUB on ``conn``: credits may be granted there."""
+        if conn in self._credits:
+            self._ready.add(conn)
+            self._grant()
+
+    def _conn_gone(self, conn: "_Connection") -> None:
+        """The subscription ended on ``conn`` (UNSUB, or the connection closed): the gateway released
+        every delivery it had there. Those still queued here are dropped (they come back as the next
+        attempt); those the application has taken stay counted until it settles them."""
+        self._credits.pop(conn, None)
+        self._ready.discard(conn)
+        dropped = [m for m in self._q if m._conn is conn]
+        for m in dropped:
+            self._q.remove(m)
+            self._pending_bytes -= len(m.data)
+            self._unsettled.discard(m)
+        if dropped:
+            if not self._q:
+                self._empty.set()
+            self._client._unblock(self)
+            self._check_settled()
+        self._schedule_grant()
+
+    def _settle(self, msg: Msg) -> None:
+        self._unsettled.discard(msg)
+        if msg._conn is not None:
+            msg._conn.changed.set()
+        self._check_settled()
+        self._schedule_grant()
+
+    def _check_settled(self) -> None:
+        if not self._unsettled:
+            self._settled_event.set()
+
+    def _schedule_grant(self) -> None:
+        """Grant credits once per event-loop turn, however many deliveries were settled in it."""
+        if self._grant_handle is None and self.durable is not None and not self._closed:
+            self._grant_handle = asyncio.get_running_loop().call_soon(self._grant)
+
+    def _grant(self) -> None:
+        """CREDIT for the free part of the window, on the current connection, once its OK is in."""
+        self._grant_handle = None
+        if self._closed or not self._granting:
+            return
+        conn = self._client._conn
+        if conn is None or conn not in self._ready or conn.state != "open":
+            return
+        free = self.max_inflight - len(self._unsettled) - sum(self._credits.values())
+        if free > 0:
+            self._credits[conn] += free
+            conn.transport.send(P.Credit(self.sid, free))
+
     # -- from the client
     def _push(self, msg: Msg, conn: "_Connection") -> None:
         if self._closed:
             return
+        if self.durable is not None:
+            left = self._credits.get(conn)
+            if left is None:
+                return  # not (or no longer) subscribed there: the gateway released it
+            if left > 0:
+                self._credits[conn] = left - 1
+            if msg.delivery_id is not None:
+                msg._sub = self
+                self._unsettled.add(msg)
+                self._settled_event.clear()
+            else:
+                self._schedule_grant()  # (a durable MSG always has a delivery id; keep the window whole)
         q = self._q
         q.append(msg)
         n = len(q)
@@ -171,10 +353,21 @@ class Subscription:
             self._client._block(self, conn)
 
     def _end(self, error: BaseException | None, discard: bool = False) -> None:
-        """No more messages: the iterator ends once the queue is empty (at once with discard)."""
+        """No more messages: the iterator ends once the queue is empty (at once with discard). A
+        durable subscription's queued deliveries were released by the gateway: always discarded."""
         self._closed = True
         if error is not None and self._error is None:
             self._error = error
+        if self.durable is not None:
+            discard = True
+            for m in self._q:
+                self._unsettled.discard(m)
+            self._credits.clear()
+            self._ready.clear()
+            self._check_settled()
+            if self._grant_handle is not None:
+                self._grant_handle.cancel()
+                self._grant_handle = None
         if discard:
             self._q.clear()
             self._pending_bytes = 0
@@ -239,22 +432,34 @@ class Subscription:
 
     async def unsubscribe(self, max_msgs: int = 0) -> None:
         """End the subscription now (messages still queued locally are discarded), or after
-        ``max_msgs`` more messages in total."""
+        ``max_msgs`` more messages in total. Ending a durable subscription releases its unsettled
+        deliveries at the gateway (they are redelivered as the next attempt); the consumer and its
+        stored messages remain. ``max_msgs`` is for plain subscriptions only."""
         if self._closed:
             return
+        if max_msgs and self.durable is not None:
+            raise E.ClientError("unsubscribe(max_msgs) is for plain subscriptions: a durable subscription that "
+                                "ends releases its outstanding deliveries; count, settle, then unsubscribe()")
         if max_msgs and max_msgs > self._delivered:
             self._max_msgs = max_msgs
             self._client._send_unsub(self.sid, max_msgs - self._delivered)
             return
         self._client._forget_sub(self)
-        self._client._send_unsub(self.sid, 0)
+        self._client._send_unsub(self.sid, 0, self)
         self._end(None, discard=True)
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Stop new messages (UNSUB), wait for those already sent by the gateway (PING/PONG barrier),
-        and return once every queued message has been consumed (by the callback or the iterator)."""
+        and return once every queued message has been consumed (by the callback or the iterator).
+
+        Durable: grant no more credits, wait (at most ``timeout``) until every delivery received is
+        consumed and settled, then UNSUB; what arrives or is still unsettled by then is released by
+        the gateway for redelivery."""
+        if self.durable is not None:
+            await self._drain_durable(timeout)
+            return
         if self._closed and not self._q:
             await self._wait_idle(timeout)
             return
@@ -272,6 +477,22 @@ class Subscription:
             await asyncio.wait_for(self._empty.wait(), timeout)
         except asyncio.TimeoutError:
             pass
+        await self._wait_idle(max(0.0, deadline - loop.time()))
+
+    async def _drain_durable(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if not self._closed:
+            self._draining = True
+            self._granting = False
+            try:
+                await asyncio.wait_for(self._settled_event.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            if not self._closed:
+                self._client._forget_sub(self)
+                self._client._send_unsub(self.sid, 0, self)
+                self._end(None)
         await self._wait_idle(max(0.0, deadline - loop.time()))
 
     async def _wait_idle(self, timeout: float) -> None:
@@ -350,6 +571,9 @@ class _Connection:
         self.max_timeout_ms = 60000
         self.close_error: E.BusgateError | None = None
         self.grants = 0  # _INBOX replies granted on this connection and not yet sent
+        # sids whose subscribe() gave up (cancelled, timed out) before the SUB's answer: an OK that
+        # arrives later is answered with UNSUB, and the sid is not reused until the answer is in
+        self.abandoned: set[int] = set()
         self.changed = asyncio.Event()
         self.goaway_deadline: float | None = None
         self._hb_task: asyncio.Task | None = None
@@ -357,7 +581,7 @@ class _Connection:
 
     # -- transport events
     def on_msg(self, sid: int, subject: str, payload: bytes, headers: dict[str, str] | None,
-               reply_to: str | None) -> None:
+               reply_to: str | None, delivery_id: int | None = None, attempt: int | None = None) -> None:
         """A MSG frame, from the transport's fast path (fields, no frame object)."""
         self.rx = True
         client = self.client
@@ -366,7 +590,7 @@ class _Connection:
             return  # unknown sid: messages already queued when it was unsubscribed
         if reply_to is not None and reply_to.startswith(INBOX):
             client._grant_reply(reply_to, self)
-        sub._push(Msg(subject, payload, headers, reply_to, sid, client, self), self)
+        sub._push(Msg(subject, payload, headers, reply_to, sid, client, self, delivery_id, attempt), self)
 
     def on_frame(self, f: P.Frame) -> None:
         self.rx = True
@@ -438,6 +662,15 @@ class _Connection:
             fut = d.pop(f.ref_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
+            if f.ref_op == P.SUB:
+                if f.ref_id in self.abandoned:
+                    # the subscribe() that sent it gave up: end the subscription it made
+                    self.abandoned.discard(f.ref_id)
+                    self.transport.send(P.Unsub(f.ref_id))
+                else:
+                    sub = self.client._subs.get(f.ref_id)
+                    if sub is not None and sub.durable is not None:
+                        sub._on_live(self)
             self.changed.set()
 
     def _on_err(self, f: P.Err) -> None:
@@ -457,6 +690,11 @@ class _Connection:
                 return
         if f.ref_op == P.SUB and f.ref_id:
             fut = self.sub_oks.pop(f.ref_id, None)
+            if f.ref_id in self.abandoned:  # no subscription was made: nothing to end
+                self.abandoned.discard(f.ref_id)
+                if fut is not None and not fut.done():
+                    _fail(fut, err)
+                return
             if fut is not None and not fut.done():
                 fut.set_exception(err)
                 self.changed.set()
@@ -534,15 +772,16 @@ class _Connection:
 
 
 class _Buffered:
-    __slots__ = ("subject", "payload", "headers", "reply_to", "ack")
+    __slots__ = ("subject", "payload", "headers", "reply_to", "ack", "msg_id")
 
     def __init__(self, subject: str, payload: bytes, headers: dict | None, reply_to: str | None,
-                 ack: asyncio.Future | None) -> None:
+                 ack: asyncio.Future | None, msg_id: str | None = None) -> None:
         self.subject = subject
         self.payload = payload
         self.headers = headers
         self.reply_to = reply_to
         self.ack = ack
+        self.msg_id = msg_id
 
 
 class Client:
@@ -706,7 +945,9 @@ class Client:
                     continue
                 fut = conn.loop.create_future()
                 conn.sub_oks[sub.sid] = fut
-                t.send(P.Sub(sub.sid, sub.subject, sub.queue))
+                if sub.durable is not None:
+                    sub._sent_sub(conn)
+                t.send(P.Sub(sub.sid, sub.subject, sub.queue, sub.opts))
                 if sub._max_msgs:
                     t.send(P.Unsub(sub.sid, max(1, sub._max_msgs - sub._delivered)))
                 pending.append((sub, fut))
@@ -716,7 +957,7 @@ class Client:
                 if ack is not None:
                     conn.acks[ack] = b.ack  # type: ignore[assignment]
                 try:
-                    t.send_pub(b.subject, b.payload, b.headers, b.reply_to, ack)
+                    t.send_pub(b.subject, b.payload, b.headers, b.reply_to, ack, b.msg_id)
                 except E.BusgateError as e:
                     if b.ack is not None and not b.ack.done():
                         b.ack.set_exception(e)
@@ -740,6 +981,8 @@ class Client:
                 self._forget_sub(sub)
                 sub._end(e)
                 self._report(e)
+            else:
+                sub._schedule_grant()
         for old in list(self._retiring):
             self._spawn(self._retire(old))
         await self._call(self._cb_reconnect)
@@ -751,10 +994,15 @@ class Client:
         if old.state == "closed":
             self._retiring.discard(old)
             return
-        for sid in list(self._subs):
-            old.transport.send(P.Unsub(sid))
+        # Durable subscriptions stay on the old connection (it gets no new credits) until the
+        # deliveries taken from it are settled there, so that a GOAWAY does not release running work.
+        durable = [s for s in self._subs.values() if s.durable is not None and old in s._credits]
+        for sid, s in list(self._subs.items()):
+            if s.durable is None:
+                old.transport.send(P.Unsub(sid))
         deadline = old.goaway_deadline or (old.loop.time() + 5.0)
-        while old.state != "closed" and (old.inflight or old.acks or old.grants > 0):
+        while old.state != "closed" and (old.inflight or old.acks or old.grants > 0
+                                         or any(s._held_on(old) for s in durable if old in s._credits)):
             remaining = deadline - old.loop.time()
             if remaining <= 0:
                 break
@@ -763,6 +1011,11 @@ class Client:
                 await asyncio.wait_for(old.changed.wait(), remaining)
             except asyncio.TimeoutError:
                 break
+        for s in durable:
+            if old in s._credits:
+                if old.state != "closed":
+                    old.transport.send(P.Unsub(s.sid))
+                s._conn_gone(old)
         if old.inflight and old.state != "closed":
             # not answered before the delay: the gateway answers them RES SHUTTING_DOWN; wait for it
             try:
@@ -774,6 +1027,9 @@ class Client:
 
     def _on_conn_lost(self, conn: _Connection, err: BaseException) -> None:
         self._paused.discard(conn)
+        for sub in list(self._subs.values()):
+            if sub.durable is not None and conn in sub._credits:
+                sub._conn_gone(conn)  # the gateway released what it had delivered there
         for subj in [s for s, c in self._routes.items() if c is conn]:
             del self._routes[subj]
         if conn in self._retiring:
@@ -988,7 +1244,13 @@ class Client:
         if self._subs.get(sub.sid) is sub:
             del self._subs[sub.sid]
 
-    def _send_unsub(self, sid: int, max_msgs: int) -> None:
+    def _send_unsub(self, sid: int, max_msgs: int, sub: Subscription | None = None) -> None:
+        if sub is not None and sub.durable is not None:
+            # every connection it is live on (after a GOAWAY, the retiring one too)
+            for conn in list(sub._credits):
+                if conn.state in ("open", "draining"):
+                    conn.transport.send(P.Unsub(sid))
+            return
         conn = self._conn
         if conn is not None and conn.usable:
             conn.transport.send(P.Unsub(sid, max_msgs or None))
@@ -1000,7 +1262,7 @@ class Client:
         reply = f.reply_to
         if reply is not None and reply.startswith(INBOX):
             self._grant_reply(reply, conn)
-        sub._push(Msg(f.subject, f.payload, f.headers, reply, f.sid, self, conn), conn)
+        sub._push(Msg(f.subject, f.payload, f.headers, reply, f.sid, self, conn, f.delivery_id, f.attempt), conn)
 
     def _grant_reply(self, reply: str, conn: _Connection) -> None:
         """A request arrived on ``conn``: its reply to the gateway inbox ``reply`` goes out there."""
@@ -1014,10 +1276,17 @@ class Client:
 
     # ------------------------------------------------------------------ API
     async def publish(self, subject: str, data: Data = b"", headers: dict[str, str] | None = None,
-                      reply_to: str | None = None, *, ack: bool = False) -> None:
+                      reply_to: str | None = None, *, ack: bool = False, msg_id: str | None = None) -> None:
         """Publish ``data`` to ``subject``. With ``ack=True``, wait until the gateway confirms that
-        the bus accepted it (or raise the typed error). While disconnected, the message goes to the
-        bounded reconnect buffer (:class:`~busgate.errors.OutboundBufferFull` when it is full)."""
+        the bus accepted it (or raise the typed error); on a subject a stream stores, the OK means
+        the message is stored, and a stream that cannot store it answers
+        :class:`~busgate.errors.NotStored`. ``msg_id`` (1 to 128 printable ASCII characters, no
+        spaces) is the message's idempotency key for a stream: a re-send with the same key within the
+        stream's duplicate window is answered OK and stored once. With ``ack=True`` and a
+        ``msg_id``, a publish whose OK was lost with the connection is re-sent on the next one
+        (safe: it is stored once); without a ``msg_id`` it raises ConnectionLost and the caller
+        decides. While disconnected, the message goes to the bounded reconnect buffer
+        (:class:`~busgate.errors.OutboundBufferFull` when it is full)."""
         payload = _payload(data)
         if subject not in self._pub_ok:
             P.check_subject(subject)
@@ -1027,6 +1296,8 @@ class Client:
             P.check_headers(headers)
         if reply_to is not None:
             P.check_subject(reply_to)
+        if msg_id is not None:
+            P.check_msg_id(msg_id)
         if subject.startswith(INBOX):
             conn = self._routes.pop(subject, None)
             if conn is not None:
@@ -1035,16 +1306,23 @@ class Client:
                 if conn.state == "closed":
                     raise E.ConnectionLost("the request arrived on a connection that is gone; "
                                            "the reply cannot be delivered")
-                return await self._send_pub(conn, subject, payload, headers, reply_to, ack)
-        if self._closed:
-            raise E.ConnectionClosed()
-        conn = self._conn
-        if conn is None:
-            return await self._buffer_pub(subject, payload, headers, reply_to, ack)
-        return await self._send_pub(conn, subject, payload, headers, reply_to, ack)
+                return await self._send_pub(conn, subject, payload, headers, reply_to, ack, msg_id)
+        while True:
+            if self._closed:
+                raise E.ConnectionClosed()
+            conn = self._conn
+            try:
+                if conn is None:
+                    return await self._buffer_pub(subject, payload, headers, reply_to, ack, msg_id)
+                return await self._send_pub(conn, subject, payload, headers, reply_to, ack, msg_id)
+            except E.ConnectionLost:
+                if not (ack and msg_id) or self._closed:
+                    raise
+                # the OK was lost with the connection; the key makes a re-send safe
+                log.debug("busgate: re-sending PUB %r with msg_id %r after a lost connection", subject, msg_id)
 
     async def _send_pub(self, conn: _Connection, subject: str, payload: bytes, headers: dict | None,
-                        reply_to: str | None, ack: bool) -> None:
+                        reply_to: str | None, ack: bool, msg_id: str | None = None) -> None:
         if len(payload) > conn.max_payload:
             raise E.PayloadTooLarge(f"payload of {len(payload)} bytes is above max_payload {conn.max_payload}")
         t = conn.transport
@@ -1053,18 +1331,18 @@ class Client:
             fut = conn.loop.create_future()
             conn.acks[ack_id] = fut
             try:
-                t.send_pub(subject, payload, headers, reply_to, ack_id)
+                t.send_pub(subject, payload, headers, reply_to, ack_id, msg_id)
             except BaseException:
                 conn.acks.pop(ack_id, None)
                 raise
             await fut
             return
-        t.send_pub(subject, payload, headers, reply_to, None)
+        t.send_pub(subject, payload, headers, reply_to, None, msg_id)
         if t.write_blocked:
             await t.wait_writable()
 
     async def _buffer_pub(self, subject: str, payload: bytes, headers: dict | None, reply_to: str | None,
-                          ack: bool) -> None:
+                          ack: bool, msg_id: str | None = None) -> None:
         if len(self._buffer) >= self.reconnect_buffer_msgs or \
                 self._buffer_bytes + len(payload) > self.reconnect_buffer_bytes:
             raise E.OutboundBufferFull(
@@ -1072,44 +1350,89 @@ class Client:
                 f"{self._buffer_bytes} bytes; limits {self.reconnect_buffer_msgs} messages, "
                 f"{self.reconnect_buffer_bytes} bytes)")
         fut = asyncio.get_running_loop().create_future() if ack else None
-        self._buffer.append(_Buffered(subject, payload, headers, reply_to, fut))
+        self._buffer.append(_Buffered(subject, payload, headers, reply_to, fut, msg_id))
         self._buffer_bytes += len(payload)
         if fut is not None:
             await fut
 
     async def subscribe(self, subject: str, queue: str | None = None, cb: Callback | None = None, *,
+                        durable: str | None = None, max_inflight: int | None = None, deliver: str | None = None,
+                        consumer_max_inflight: int | None = None,
                         pending_msgs_limit: int | None = None, pending_bytes_limit: int | None = None,
                         timeout: float | None = None) -> Subscription:
         """Subscribe to ``subject`` (wildcards allowed), in queue group ``queue`` if given. Waits for the
         gateway's OK and raises the typed error of its ERR. With ``cb`` (a function or coroutine
         function of one Msg) messages are dispatched to it; otherwise iterate the subscription.
-        While disconnected the subscription is registered and made on the next connection."""
+        While disconnected the subscription is registered and made on the next connection.
+
+        Durable consumption (docs/protocol.md section 16): ``durable=NAME`` subscribes to the
+        consumer NAME of the stream that stores ``subject`` (declared by the operator, or created by
+        this SUB with the tenant's defaults). Deliveries have ``delivery_id`` and ``attempt`` and are
+        settled with ``ack()``, ``nak(delay)`` or ``term(reason)``. ``max_inflight`` (default 1) is
+        this subscription's window: it never holds more unsettled deliveries than that, granting
+        the gateway a credit for each free place; the rest stays stored on the bus. ``deliver``
+        (``"all"``, the default, or ``"new"``) says where a consumer created by this SUB starts.
+        ``consumer_max_inflight`` is sent as the SUB's ``max_inflight`` option: the cluster-wide cap of
+        a consumer this SUB creates (and a bound on this subscription); without it a created consumer
+        gets the tenant's ``max_consumer_inflight``. Errors: UnknownStream, InvalidOption,
+        TooManyConsumers, PermissionDenied, NotSupported (a gateway without durable consumption).
+
+        A subscribe() that is cancelled or times out while waiting for the OK leaves nothing behind:
+        the subscription is not made again on a reconnect, and one the gateway made anyway is ended
+        (UNSUB) as soon as its OK arrives."""
         if self._closed or self._draining:
             raise E.ConnectionClosed()
         P.check_subject(subject, wildcards=True)
         if queue is not None:
             P.check_queue(queue)
+        opts: dict[str, Any] | None = None
+        window = 1
+        if durable is not None:
+            P.check_durable_name(durable)
+            if max_inflight is not None:
+                if type(max_inflight) is not int or not 1 <= max_inflight <= P.UINT32_MAX:
+                    raise E.InvalidOption(f"max_inflight must be an int from 1 to {P.UINT32_MAX}")
+                window = max_inflight
+            opts = {"durable": durable}
+            if deliver is not None:
+                if deliver not in ("all", "new"):
+                    raise E.InvalidOption(f"deliver must be 'all' or 'new', not {deliver!r}")
+                opts["deliver"] = deliver
+            if consumer_max_inflight is not None:
+                if type(consumer_max_inflight) is not int or not 1 <= consumer_max_inflight <= P.UINT32_MAX:
+                    raise E.InvalidOption(f"consumer_max_inflight must be an int from 1 to {P.UINT32_MAX}")
+                opts["max_inflight"] = consumer_max_inflight
+            opts["flow"] = "credit"
+        elif max_inflight is not None or deliver is not None or consumer_max_inflight is not None:
+            raise E.InvalidOption("max_inflight, deliver and consumer_max_inflight need durable=")
+        abandoned = set().union(*(c.abandoned for c in [self._conn, *self._retiring] if c is not None))
         while True:
             self._next_sid = self._next_sid + 1 if self._next_sid < P.UINT32_MAX else 1
-            if self._next_sid not in self._subs:
+            if self._next_sid not in self._subs and self._next_sid not in abandoned:
                 break
         sid = self._next_sid
         sub = Subscription(self, sid, subject, queue, cb,
                            pending_msgs_limit or self.pending_msgs_limit,
-                           pending_bytes_limit or self.pending_bytes_limit)
+                           pending_bytes_limit or self.pending_bytes_limit,
+                           durable, opts, window)
         self._subs[sid] = sub
         conn = self._conn
         if conn is not None and conn.usable:
             fut = conn.loop.create_future()
             conn.sub_oks[sid] = fut
-            conn.transport.send(P.Sub(sid, subject, queue))
+            if durable is not None:
+                sub._sent_sub(conn)
+            conn.transport.send(P.Sub(sid, subject, queue, opts))
             try:
-                await asyncio.wait_for(fut, timeout or max(self.connect_timeout, 5.0))
+                await asyncio.wait_for(asyncio.shield(fut), timeout or max(self.connect_timeout, 5.0))
             except E.ConnectionLost:
                 pass  # made again on the next connection
             except asyncio.TimeoutError:
-                self._forget_sub(sub)
+                self._abandon(sub, conn, fut)
                 raise E.Timeout(f"no answer to SUB {subject!r}") from None
+            except asyncio.CancelledError:
+                self._abandon(sub, conn, fut)
+                raise
             except E.BusgateError:
                 self._forget_sub(sub)
                 sub._end(None)
@@ -1117,6 +1440,18 @@ class Client:
         if cb is not None:
             sub._start_dispatch()
         return sub
+
+    def _abandon(self, sub: Subscription, conn: _Connection, fut: asyncio.Future) -> None:
+        """subscribe() gave up waiting for the answer to its SUB: forget the subscription (it is not
+        made again on a reconnect) and end whatever the gateway makes of the SUB."""
+        self._forget_sub(sub)
+        if fut.done():
+            ok = not fut.cancelled() and fut.exception() is None
+            if ok and conn.state in ("open", "draining"):
+                conn.transport.send(P.Unsub(sub.sid))  # the OK was in already
+        elif conn.state != "closed":
+            conn.abandoned.add(sub.sid)  # _on_ok answers a late OK with UNSUB
+        sub._end(None, discard=True)
 
     async def request(self, subject: str, data: Data = b"", timeout: float | None = None,
                       headers: dict[str, str] | None = None) -> Msg:

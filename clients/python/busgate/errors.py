@@ -12,13 +12,14 @@ Families follow the hundreds of the code table::
                            UnsupportedVersion, HandshakeTimeout, UnexpectedOp
       AuthError       2xx  AuthMethodUnsupported, AuthFailed, AuthRevoked
       SubjectError    3xx  InvalidSubject, WildcardNotAllowed, ReservedSubject, ReservedHeader,
-                           InvalidHeader, InvalidQueue, PermissionDenied, SidInUse, UnknownSid
+                           InvalidHeader, InvalidQueue, PermissionDenied, SidInUse, UnknownSid,
+                           InvalidOption, UnknownDelivery, UnknownStream
       LimitError      4xx  PayloadTooLarge, TooManySubscriptions, RateLimited, TooManyRequests,
-                           TooManyConnections, SlowConsumerWarning, SlowConsumer
-      RequestError    5xx  NoResponders, Timeout, BusUnavailable, DuplicateRequestId
+                           TooManyConnections, SlowConsumerWarning, SlowConsumer, TooManyConsumers
+      RequestError    5xx  NoResponders, Timeout, BusUnavailable, DuplicateRequestId, NotStored
       GatewayError    6xx  InternalError, ShuttingDown, IdleTimeout, ClosedByAdmin, NotSupported
       ClientError     --   ConnectionClosed, ConnectionLost, NoServers, OutboundBufferFull,
-                           SubscriptionClosed, InvalidURL
+                           SubscriptionClosed, InvalidURL, NotDurable, DeliverySettled
 
 ``Timeout`` is also a subclass of the built-in ``TimeoutError``; it is raised both for RES
 REQUEST_TIMEOUT and for the client's own timers (``request`` safety net, ``Subscription.next``,
@@ -36,13 +37,14 @@ __all__ = [
     "UnsupportedVersion", "HandshakeTimeout", "UnexpectedOp",
     "AuthMethodUnsupported", "AuthFailed", "AuthRevoked",
     "InvalidSubject", "WildcardNotAllowed", "ReservedSubject", "ReservedHeader", "InvalidHeader",
-    "InvalidQueue", "PermissionDenied", "SidInUse", "UnknownSid",
+    "InvalidQueue", "PermissionDenied", "SidInUse", "UnknownSid", "InvalidOption", "UnknownDelivery",
+    "UnknownStream",
     "PayloadTooLarge", "TooManySubscriptions", "RateLimited", "TooManyRequests",
-    "TooManyConnections", "SlowConsumerWarning", "SlowConsumer",
-    "NoResponders", "Timeout", "RequestTimeout", "BusUnavailable", "DuplicateRequestId",
+    "TooManyConnections", "SlowConsumerWarning", "SlowConsumer", "TooManyConsumers",
+    "NoResponders", "Timeout", "RequestTimeout", "BusUnavailable", "DuplicateRequestId", "NotStored",
     "InternalError", "ShuttingDown", "IdleTimeout", "ClosedByAdmin", "NotSupported",
     "ConnectionClosed", "ConnectionLost", "NoServers", "OutboundBufferFull", "SubscriptionClosed",
-    "InvalidURL",
+    "InvalidURL", "NotDurable", "DeliverySettled",
 ]
 
 # docs/protocol.md section 17
@@ -52,10 +54,11 @@ CODES: dict[str, int] = {
     "UNEXPECTED_OP": 107, "AUTH_METHOD_UNSUPPORTED": 200, "AUTH_FAILED": 201, "AUTH_REVOKED": 202,
     "INVALID_SUBJECT": 300, "WILDCARD_NOT_ALLOWED": 301, "RESERVED_SUBJECT": 302,
     "RESERVED_HEADER": 303, "INVALID_HEADER": 304, "INVALID_QUEUE": 305, "PERMISSION_DENIED": 306,
-    "SID_IN_USE": 307, "UNKNOWN_SID": 308, "PAYLOAD_TOO_LARGE": 400, "TOO_MANY_SUBSCRIPTIONS": 401,
+    "SID_IN_USE": 307, "UNKNOWN_SID": 308, "INVALID_OPTION": 309, "UNKNOWN_DELIVERY": 310,
+    "UNKNOWN_STREAM": 311, "PAYLOAD_TOO_LARGE": 400, "TOO_MANY_SUBSCRIPTIONS": 401,
     "RATE_LIMITED": 402, "TOO_MANY_REQUESTS": 403, "TOO_MANY_CONNECTIONS": 404,
-    "SLOW_CONSUMER_WARNING": 405, "SLOW_CONSUMER": 406, "NO_RESPONDERS": 500,
-    "REQUEST_TIMEOUT": 501, "BUS_UNAVAILABLE": 502, "DUPLICATE_REQUEST_ID": 503,
+    "SLOW_CONSUMER_WARNING": 405, "SLOW_CONSUMER": 406, "TOO_MANY_CONSUMERS": 407, "NO_RESPONDERS": 500,
+    "REQUEST_TIMEOUT": 501, "BUS_UNAVAILABLE": 502, "DUPLICATE_REQUEST_ID": 503, "NOT_STORED": 504,
     "INTERNAL_ERROR": 600, "SHUTTING_DOWN": 601, "IDLE_TIMEOUT": 602, "CLOSED_BY_ADMIN": 603,
     "NOT_SUPPORTED": 604,
 }
@@ -166,7 +169,14 @@ InvalidHeader = _mk("InvalidHeader", SubjectError, 304, "header grammar or too m
 InvalidQueue = _mk("InvalidQueue", SubjectError, 305, "queue group grammar")
 PermissionDenied = _mk("PermissionDenied", SubjectError, 306, "tenant permissions forbid it")
 SidInUse = _mk("SidInUse", SubjectError, 307, "SUB with a live sid")
-UnknownSid = _mk("UnknownSid", SubjectError, 308, "ACK, NAK or CREDIT for a sid that is not live")
+UnknownSid = _mk("UnknownSid", SubjectError, 308,
+                 "ACK, NAK, CREDIT, PROGRESS or TERM for a sid that is not live or not durable")
+InvalidOption = _mk("InvalidOption", SubjectError, 309,
+                    "a SUB option of the wrong type or range, a durable subject that is not the consumer's "
+                    "filter, CREDIT without credit flow, or a bad msg_id")
+UnknownDelivery = _mk("UnknownDelivery", SubjectError, 310,
+                      "the delivery is not outstanding on the sid (already acknowledged, expired, released)")
+UnknownStream = _mk("UnknownStream", SubjectError, 311, "a durable SUB whose subject no stream of the tenant stores")
 PayloadTooLarge = _mk("PayloadTooLarge", LimitError, 400, "payload above max_payload")
 TooManySubscriptions = _mk("TooManySubscriptions", LimitError, 401, "max_subs reached")
 RateLimited = _mk("RateLimited", LimitError, 402, "tenant publish rate exceeded; message dropped")
@@ -174,6 +184,8 @@ TooManyRequests = _mk("TooManyRequests", LimitError, 403, "tenant max_inflight r
 TooManyConnections = _mk("TooManyConnections", LimitError, 404, "tenant connection limit reached")
 SlowConsumerWarning = _mk("SlowConsumerWarning", LimitError, 405, "outbound queue passed half of max_pending")
 SlowConsumer = _mk("SlowConsumer", LimitError, 406, "outbound queue reached max_pending")
+TooManyConsumers = _mk("TooManyConsumers", LimitError, 407,
+                       "the tenant's max_consumers client-created durable consumers exist")
 NoResponders = _mk("NoResponders", RequestError, 500, "nobody is subscribed to the request subject")
 
 
@@ -186,6 +198,8 @@ class Timeout(RequestError, TimeoutError):
 RequestTimeout = Timeout
 BusUnavailable = _mk("BusUnavailable", RequestError, 502, "the bus is unreachable")
 DuplicateRequestId = _mk("DuplicateRequestId", RequestError, 503, "req_id already in flight")
+NotStored = _mk("NotStored", RequestError, 504,
+                "a stream could not store the message (full, storage failure); it was not published")
 InternalError = _mk("InternalError", GatewayError, 600, "the gateway failed")
 ShuttingDown = _mk("ShuttingDown", GatewayError, 601, "the gateway is draining")
 IdleTimeout = _mk("IdleTimeout", GatewayError, 602, "no frame for 2 x heartbeat_ms")
@@ -225,6 +239,19 @@ class SubscriptionClosed(ClientError):
 
 class InvalidURL(ClientError, ValueError):
     """A server URL that is not one of busgate://, busgate+tls://, ws://, wss://."""
+
+
+class NotDurable(ClientError):
+    """ack, nak, in_progress or term on a message that is not a delivery of a durable subscription."""
+
+    default_message = "this message is not a durable delivery: there is nothing to acknowledge"
+
+
+class DeliverySettled(ClientError):
+    """ack, nak, in_progress or term on a delivery this process already acknowledged, nakked or
+    terminated (a programming error: each delivery is settled once)."""
+
+    default_message = "the delivery was already settled"
 
 
 _BY_CODE: dict[int, type[BusgateError]] = {}

@@ -42,6 +42,36 @@ Consumers and bounded concurrency
     resubscribes, and the messages that were queued in the gateway for the old connection are lost
     (delivery is at most once). Use a queue group and more replicas when the work does not keep up.
 
+Durable consumers: at least once
+    ``@program.consumer(subject, durable="scorers", concurrency=N)`` consumes the durable consumer
+    ``scorers`` (docs/protocol.md section 16) instead of a plain subscription:
+
+    - at most N handlers run at once in this process, and the process never holds more than N
+      deliveries: the subscription's window is N, and the client grants the gateway one credit per
+      free place. The backlog stays stored on the bus. The consumer's own cap (``max_inflight`` in
+      the gateway's configuration) bounds all the replicas together.
+    - a handler that returns is acknowledged (ACK); one that raises is nakked (NAK), and the message
+      comes back as the next attempt after the consumer's configured backoff (``backoff_ms``), or,
+      with ``retry_backoff=(base, cap)``, after ``min(cap, base * 2 ** (attempt - 1))`` seconds; one
+      that raises :class:`Terminate` is terminated (TERM: dead-lettered at once, not retried). After
+      the consumer's ``max_deliveries`` attempts the gateway dead-letters it. A handler may also
+      settle ``msg`` itself (``await msg.ack()``, ...); the runner then does nothing more with it.
+    - while a handler runs, the runner sends PROGRESS every ``progress_interval`` seconds (default
+      10 s, a third of the default 30 s ack wait), so a long job is not redelivered while it runs.
+    - a process that dies (kill -9, OOM, a lost node) loses nothing: the gateway releases what its
+      connection held at once when the connection closes (after the ack wait if the node vanished
+      without closing it), and another replica gets it. Work can therefore run more than once:
+      handlers should be idempotent, or dedupe on their own key (``msg.attempt`` > 1 says it is a
+      redelivery).
+    - after a reconnect the subscription is made again and the deliveries taken from the old
+      connection are stale (the gateway released them; they come back as the next attempt). Their
+      handlers still run to the end; settling them is a no-op counted as ``stale``.
+    - drain (SIGTERM): take nothing more, grant no more credits, let the running handlers finish and
+      settle (bounded by ``--drain-timeout``), then end the subscription, which releases at once
+      what was received but not started, and what still runs at the deadline (those handlers are
+      cancelled). Released messages are redelivered to the other replicas (or to this program's
+      next run); nothing is lost. ``prefetch`` does not apply: the window is the concurrency.
+
 Services
     ``@program.service(subject, queue=..., concurrency=N)`` answers requests: the handler's return value
     is the reply (bytes, str, or anything JSON-serialisable). If the handler raises, the reply is
@@ -79,7 +109,12 @@ from typing import Any, Callable
 from . import errors as E
 from .client import Client, Msg, Subscription, connect
 
-__all__ = ["Program", "Context", "ConsumerStats", "JsonFormatter"]
+__all__ = ["Program", "Context", "ConsumerStats", "JsonFormatter", "Terminate"]
+
+
+class Terminate(Exception):
+    """Raised by a durable consumer's handler: do not retry this message. The runner sends TERM with
+    the exception's message as the reason; the message goes to the consumer's dead-letter subject."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -119,7 +154,14 @@ class ConsumerStats:
     in_flight: int = 0
     max_in_flight: int = 0
     max_pending: int = 0  # the most messages that waited in the local queue
-    dropped: int = 0      # received but not started when a drain hit its deadline
+    dropped: int = 0      # received but not started when a drain hit its deadline (plain consumers)
+    # durable consumers
+    acked: int = 0        # ACK sent after the handler returned
+    nakked: int = 0       # NAK sent after the handler raised
+    terminated: int = 0   # TERM sent after the handler raised Terminate
+    stale: int = 0        # settled after its connection was gone (the gateway had released it)
+    redelivered: int = 0  # taken with attempt > 1
+    released: int = 0     # given back by the drain: received and not started, or cut off at its deadline
 
 
 class Context:
@@ -168,6 +210,10 @@ class _Handler:
     queue: str | None = None
     concurrency: int = 1
     prefetch: int | None = None
+    durable: str | None = None
+    deliver: str | None = None
+    progress_interval: float = 10.0
+    retry_backoff: tuple[float, float] | None = None
     stats: ConsumerStats = field(default_factory=ConsumerStats)
 
     def call(self, *args: Any) -> Any:
@@ -191,15 +237,30 @@ class Program:
 
     # ------------------------------------------------------------------ decorators
     def consumer(self, subject: str, *, queue: str | None = None, concurrency: int = 1,
-                 prefetch: int | None = None, command: str | None = None) -> Callable:
+                 prefetch: int | None = None, command: str | None = None, durable: str | None = None,
+                 deliver: str | None = None, progress_interval: float = 10.0,
+                 retry_backoff: tuple[float, float] | None = None) -> Callable:
         """Consume ``subject`` with at most ``concurrency`` handlers at once. The handler is
-        ``async def h(msg, ctx)`` (or ``h(msg)``; a plain function runs in a worker thread)."""
+        ``async def h(msg, ctx)`` (or ``h(msg)``; a plain function runs in a worker thread).
+
+        With ``durable=NAME`` the consumer is at least once (see the module doc): ACK when the
+        handler returns, NAK when it raises (after the consumer's backoff, or ``retry_backoff=(base,
+        cap)`` seconds, exponential), TERM when it raises :class:`Terminate`, PROGRESS every
+        ``progress_interval`` seconds while it runs. ``deliver`` (``"all"`` or ``"new"``) applies when
+        the SUB creates the consumer. ``queue`` and ``prefetch`` do not apply to durable consumers."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if progress_interval <= 0:
+            raise ValueError("progress_interval must be positive")
+        if retry_backoff is not None and (len(retry_backoff) != 2 or not 0 < retry_backoff[0] <= retry_backoff[1]):
+            raise ValueError("retry_backoff must be (base, cap) seconds with 0 < base <= cap")
+        if durable is None and (deliver is not None or retry_backoff is not None):
+            raise ValueError("deliver and retry_backoff need durable=")
 
         def deco(fn: Callable) -> Callable:
-            self.handlers.append(_Handler("consumer", fn, command or fn.__name__, subject, queue, concurrency,
-                                          prefetch))
+            self.handlers.append(_Handler("consumer", fn, command or fn.__name__, subject,
+                                          None if durable else queue, concurrency, prefetch, durable, deliver,
+                                          progress_interval, tuple(retry_backoff) if retry_backoff else None))
             return fn
         return deco
 
@@ -325,8 +386,8 @@ class Program:
             except (NotImplementedError, RuntimeError):  # not the main thread, or not Unix
                 pass
         log.info("program.start", extra={"fields": {"handlers": [
-            {"kind": h.kind, "subject": h.subject, "queue": h.queue, "concurrency": h.concurrency}
-            for h in handlers]}})
+            {"kind": h.kind, "subject": h.subject, "queue": h.queue, "durable": h.durable,
+             "concurrency": h.concurrency} for h in handlers]}})
         runners: list[_Runner] = []
         try:
             service_client = None
@@ -400,11 +461,18 @@ class _Runner:
 
     async def start(self) -> None:
         h = self.h
-        prefetch = h.prefetch or h.concurrency
-        self.sub = await self.client.subscribe(h.subject, h.queue, pending_msgs_limit=prefetch)  # type: ignore[arg-type]
-        self.log.info(f"{h.kind}.start", extra={"fields": {
-            "handler": h.fn.__name__, "subject": h.subject, "queue": h.queue, "concurrency": h.concurrency,
-            "prefetch": prefetch}})
+        if h.durable is not None:
+            self.sub = await self.client.subscribe(h.subject, durable=h.durable, max_inflight=h.concurrency,  # type: ignore[arg-type]
+                                                   deliver=h.deliver)
+            self.log.info(f"{h.kind}.start", extra={"fields": {
+                "handler": h.fn.__name__, "subject": h.subject, "durable": h.durable, "concurrency": h.concurrency,
+                "progress_interval": h.progress_interval}})
+        else:
+            prefetch = h.prefetch or h.concurrency
+            self.sub = await self.client.subscribe(h.subject, h.queue, pending_msgs_limit=prefetch)  # type: ignore[arg-type]
+            self.log.info(f"{h.kind}.start", extra={"fields": {
+                "handler": h.fn.__name__, "subject": h.subject, "queue": h.queue, "concurrency": h.concurrency,
+                "prefetch": prefetch}})
         self.loop_task = asyncio.get_running_loop().create_task(self._take_loop())
 
     async def _take_loop(self) -> None:
@@ -412,46 +480,74 @@ class _Runner:
         assert sub is not None
         slots = asyncio.Semaphore(h.concurrency)
         st = h.stats
-        while True:
-            await slots.acquire()  # a free slot first: no message is taken that cannot run now
-            if self.stopping:
-                slots.release()
-                break
-            try:
-                msg = await sub.next()
-            except E.SubscriptionClosed:
-                slots.release()
-                break
-            st.taken += 1
-            st.in_flight += 1
-            st.max_in_flight = max(st.max_in_flight, st.in_flight)
-            st.max_pending = max(st.max_pending, sub.max_pending_seen)
-            t = asyncio.get_running_loop().create_task(self._run_one(msg, slots))
-            self.tasks.add(t)
-            t.add_done_callback(self.tasks.discard)
-        if self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        try:
+            while True:
+                await slots.acquire()  # a free slot first: no message is taken that cannot run now
+                if self.stopping:
+                    slots.release()
+                    break
+                try:
+                    msg = await sub.next()
+                except E.SubscriptionClosed:
+                    slots.release()
+                    break
+                except asyncio.CancelledError:
+                    slots.release()
+                    raise
+                st.taken += 1
+                if msg.attempt is not None and msg.attempt > 1:
+                    st.redelivered += 1
+                st.in_flight += 1
+                st.max_in_flight = max(st.max_in_flight, st.in_flight)
+                st.max_pending = max(st.max_pending, sub.max_pending_seen)
+                t = asyncio.get_running_loop().create_task(self._run_one(msg, slots))
+                self.tasks.add(t)
+                t.add_done_callback(self.tasks.discard)
+        finally:
+            if h.durable is None and self.tasks:
+                await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    async def _call(self, msg: Msg) -> Any:
+        if self.is_coro:
+            return await self.h.call(msg, self.ctx)
+        result = await asyncio.to_thread(self.h.call, msg, self.ctx)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
 
     async def _run_one(self, msg: Msg, slots: asyncio.Semaphore) -> None:
         h, st = self.h, self.h.stats
         t0 = time.perf_counter()
+        durable = h.durable is not None and msg.delivery_id is not None
+        ticker = asyncio.get_running_loop().create_task(self._keep_alive(msg)) if durable else None
         try:
-            if self.is_coro:
-                result = await h.call(msg, self.ctx)
-            else:
-                result = await asyncio.to_thread(h.call, msg, self.ctx)
-                if inspect.isawaitable(result):
-                    result = await result
+            try:
+                result = await self._call(msg)
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
             if h.kind == "service" and msg.reply_to:
                 await msg.respond(_encode(result))
             st.done += 1
+            if durable and not msg.settled:
+                self._count_settled(msg, await msg.ack(), "acked")
         except asyncio.CancelledError:
             st.failed += 1
             raise
+        except Terminate as e:
+            st.failed += 1
+            self.log.warning("message.terminated", extra={"fields": {
+                "handler": h.fn.__name__, "subject": msg.subject, "delivery_id": msg.delivery_id,
+                "attempt": msg.attempt, "reason": str(e)}})
+            if durable and not msg.settled:
+                self._count_settled(msg, await msg.term(str(e) or None), "terminated")
         except Exception as e:
             st.failed += 1
             self.log.error("message.failed", exc_info=True, extra={"fields": {
-                "handler": h.fn.__name__, "subject": msg.subject, "error": f"{type(e).__name__}: {e}"}})
+                "handler": h.fn.__name__, "subject": msg.subject, "error": f"{type(e).__name__}: {e}",
+                **({"delivery_id": msg.delivery_id, "attempt": msg.attempt} if durable else {})}})
+            if durable and not msg.settled:
+                self._count_settled(msg, await msg.nak(self._retry_delay(msg)), "nakked")
             if h.kind == "service" and msg.reply_to:
                 try:
                     await msg.respond(b"", headers={"error": f"{type(e).__name__}: {e}"[:4000].replace("\n", " ")})
@@ -464,9 +560,37 @@ class _Runner:
                 self.log.debug("message.done", extra={"fields": {
                     "handler": h.fn.__name__, "subject": msg.subject, "ms": round((time.perf_counter() - t0) * 1000, 3)}})
 
+    def _retry_delay(self, msg: Msg) -> float | None:
+        """None: NAK without a delay, the consumer's configured backoff applies."""
+        if self.h.retry_backoff is None:
+            return None
+        base, cap = self.h.retry_backoff
+        return min(cap, base * 2 ** min(max(0, (msg.attempt or 1) - 1), 30))
+
+    def _count_settled(self, msg: Msg, sent: bool, what: str) -> None:
+        st = self.h.stats
+        if sent:
+            setattr(st, what, getattr(st, what) + 1)
+        else:
+            st.stale += 1
+            self.log.warning("message.stale", extra={"fields": {
+                "handler": self.h.fn.__name__, "subject": msg.subject, "delivery_id": msg.delivery_id,
+                "attempt": msg.attempt, "outcome": what}})
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        """PROGRESS every progress_interval while the handler runs."""
+        while True:
+            await asyncio.sleep(self.h.progress_interval)
+            if msg.settled or not await msg.in_progress():
+                return
+
     async def drain(self, timeout: float) -> None:
         """Stop taking new work (UNSUB), run what had already been received until ``timeout``, then
-        take nothing more; always wait for the handlers that are running; flush what they published."""
+        take nothing more; always wait for the handlers that are running; flush what they published.
+        Durable consumers: :meth:`_drain_durable`."""
+        if self.h.durable is not None:
+            await self._drain_durable(timeout)
+            return
         assert self.sub is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -491,6 +615,39 @@ class _Runner:
                 self.log.warning("drain.deadline", extra={"fields": {
                     "handler": self.h.fn.__name__, "dropped": dropped, "in_flight": self.h.stats.in_flight}})
             await asyncio.shield(self.loop_task)
+        try:
+            await self.client.flush(timeout=10.0)
+        except E.BusgateError:
+            pass
+
+    async def _drain_durable(self, timeout: float) -> None:
+        """Take nothing more and grant no more credits; let the running handlers finish and settle
+        until ``timeout``; then end the subscription: the gateway releases at once what was received
+        and not started, and what is still running (those handlers are cancelled)."""
+        sub = self.sub
+        assert sub is not None
+        self.stopping = True
+        sub._granting = False
+        if self.loop_task is not None and not self.loop_task.done():
+            self.loop_task.cancel()
+            try:
+                await self.loop_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        pending: set[asyncio.Task] = set()
+        if self.tasks:
+            _, pending = await asyncio.wait(list(self.tasks), timeout=timeout)
+        queued = sub.pending_msgs
+        await sub.unsubscribe()  # releases what this process holds and has not settled
+        released = queued + len(pending)
+        self.h.stats.released += released
+        if pending:
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if released:
+            self.log.warning("drain.released", extra={"fields": {
+                "handler": self.h.fn.__name__, "not_started": queued, "cut_off": len(pending)}})
         try:
             await self.client.flush(timeout=10.0)
         except E.BusgateError:

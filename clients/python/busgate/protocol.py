@@ -8,7 +8,7 @@ Pure functions and data classes: no I/O, no asyncio. Errors are the typed errors
 
     >>> body = encode(Pub("orders.created", b"hello"))
     >>> decode(body, CLIENT)
-    Pub(subject='orders.created', payload=b'hello', headers=None, reply_to=None, ack=None)
+    Pub(subject='orders.created', payload=b'hello', headers=None, reply_to=None, ack=None, msg_id=None)
 """
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ from . import errors as E
 __all__ = [
     "CLIENT", "GATEWAY", "VERSION", "DEFAULT_MAX_FRAME", "PRE_HANDSHAKE_MAX_FRAME",
     "HELLO", "WELCOME", "PUB", "SUB", "UNSUB", "MSG", "REQ", "RES", "OK", "ERR", "PING", "PONG",
-    "GOAWAY", "ACK", "NAK", "CREDIT", "OP_NAMES",
+    "GOAWAY", "ACK", "NAK", "CREDIT", "PROGRESS", "TERM", "OP_NAMES",
     "Frame", "Hello", "Welcome", "Pub", "Sub", "Unsub", "Msg", "Req", "Res", "Ok", "Err", "Ping",
-    "Pong", "Goaway", "Ack", "Nak", "Credit",
+    "Pong", "Goaway", "Ack", "Nak", "Credit", "Progress", "Term",
     "encode", "encode_framed", "decode", "decode_framed", "StreamParser",
     "to_json", "from_json", "to_json_text", "from_json_text", "payload_to_json", "payload_from_json",
-    "check_subject", "check_queue", "check_headers", "subject_matches",
+    "check_subject", "check_queue", "check_headers", "check_msg_id", "check_durable_name", "subject_matches",
     "encode_pub_framed", "encode_pub",
 ]
 
@@ -42,13 +42,17 @@ VERSION = 1
 DEFAULT_MAX_FRAME = 1114112
 PRE_HANDSHAKE_MAX_FRAME = 65535
 
-HELLO, WELCOME, PUB, SUB, UNSUB, MSG, REQ, RES, OK, ERR, PING, PONG, GOAWAY, ACK, NAK, CREDIT = range(1, 17)
+(HELLO, WELCOME, PUB, SUB, UNSUB, MSG, REQ, RES, OK, ERR, PING, PONG, GOAWAY, ACK, NAK, CREDIT, PROGRESS,
+ TERM) = range(1, 19)
 OP_NAMES = {1: "HELLO", 2: "WELCOME", 3: "PUB", 4: "SUB", 5: "UNSUB", 6: "MSG", 7: "REQ", 8: "RES",
-            9: "OK", 10: "ERR", 11: "PING", 12: "PONG", 13: "GOAWAY", 14: "ACK", 15: "NAK", 16: "CREDIT"}
+            9: "OK", 10: "ERR", 11: "PING", 12: "PONG", 13: "GOAWAY", 14: "ACK", 15: "NAK", 16: "CREDIT",
+            17: "PROGRESS", 18: "TERM"}
 
 SUBJECT_MAX, QUEUE_MAX = 256, 64
 HEADER_KEY_MAX, HEADER_VALUE_MAX, HEADERS_MAX = 64, 4096, 64
 UINT32_MAX = 0xFFFFFFFF
+UINT64_MAX = 0xFFFFFFFFFFFFFFFF
+MSG_ID_MAX, DURABLE_MAX, TERM_REASON_MAX = 128, 64, 1024
 
 Headers = dict[str, str]
 
@@ -106,11 +110,12 @@ class Pub(Frame):
     headers: Headers | None = None
     reply_to: str | None = None
     ack: int | None = None
+    msg_id: str | None = None
     OP: ClassVar[int] = PUB
     SENDER: ClassVar[str] = CLIENT
     FIELDS: ClassVar = (("subject", "str", False, "pub"), ("payload", "bin", False, None),
                         ("headers", "headers", True, "headers"), ("reply_to", "str", True, "pub"),
-                        ("ack", "id", True, None))
+                        ("ack", "id", True, None), ("msg_id", "str", True, None))
 
 
 @dataclass(slots=True)
@@ -142,11 +147,13 @@ class Msg(Frame):
     headers: Headers | None = None
     reply_to: str | None = None
     delivery_id: int | None = None
+    attempt: int | None = None
     OP: ClassVar[int] = MSG
     SENDER: ClassVar[str] = GATEWAY
     FIELDS: ClassVar = (("sid", "id", False, None), ("subject", "str", False, None),
                         ("payload", "bin", False, None), ("headers", "headers", True, None),
-                        ("reply_to", "str", True, None), ("delivery_id", "uint", True, None))
+                        ("reply_to", "str", True, None), ("delivery_id", "uint", True, None),
+                        ("attempt", "uint", True, None))
 
 
 @dataclass(slots=True)
@@ -252,9 +259,30 @@ class Credit(Frame):
     FIELDS: ClassVar = (("sid", "id", False, None), ("credits", "uint", False, None))
 
 
-AnyFrame = Union[Hello, Welcome, Pub, Sub, Unsub, Msg, Req, Res, Ok, Err, Ping, Pong, Goaway, Ack, Nak, Credit]
+@dataclass(slots=True)
+class Progress(Frame):
+    sid: int
+    delivery_id: int
+    OP: ClassVar[int] = PROGRESS
+    SENDER: ClassVar[str] = CLIENT
+    FIELDS: ClassVar = (("sid", "id", False, None), ("delivery_id", "uint", False, None))
+
+
+@dataclass(slots=True)
+class Term(Frame):
+    sid: int
+    delivery_id: int
+    reason: str | None = None
+    OP: ClassVar[int] = TERM
+    SENDER: ClassVar[str] = CLIENT
+    FIELDS: ClassVar = (("sid", "id", False, None), ("delivery_id", "uint", False, None),
+                        ("reason", "str", True, None))
+
+
+AnyFrame = Union[Hello, Welcome, Pub, Sub, Unsub, Msg, Req, Res, Ok, Err, Ping, Pong, Goaway, Ack, Nak, Credit,
+                 Progress, Term]
 CLASSES: dict[int, type[Frame]] = {c.OP: c for c in (Hello, Welcome, Pub, Sub, Unsub, Msg, Req, Res, Ok, Err,
-                                                     Ping, Pong, Goaway, Ack, Nak, Credit)}
+                                                     Ping, Pong, Goaway, Ack, Nak, Credit, Progress, Term)}
 
 # ------------------------------------------------------------------------------------------------
 # Grammar (sections 8, 10, 11). Raised as the typed errors; used by the decoder for client frames
@@ -313,6 +341,24 @@ def check_headers(headers: Headers) -> None:
             raise E.InvalidHeader(f"header {k!r}: at most {HEADER_VALUE_MAX} bytes, no CR or LF")
         if k[:8].lower() == "busgate-":
             raise E.ReservedHeader(f"header {k!r}: 'busgate-' headers are set by gateways only")
+
+
+_MSG_ID = re.compile(r"[\x21-\x7e]{1,128}\Z")
+_DURABLE = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
+
+
+def check_msg_id(msg_id: str) -> None:
+    """Raise InvalidOption if ``msg_id`` is not 1 to 128 bytes of printable ASCII without spaces
+    (section 16.5). The gateway answers the same error; the decoder does not check it."""
+    if type(msg_id) is not str or not _MSG_ID.match(msg_id):
+        raise E.InvalidOption(f"msg_id {msg_id!r}: 1 to {MSG_ID_MAX} printable ASCII characters, no spaces")
+
+
+def check_durable_name(name: str) -> None:
+    """Raise InvalidOption if ``name`` is not a consumer name: 1 to 64 ASCII letters, digits, '-' and
+    '_' (section 16.1)."""
+    if type(name) is not str or not _DURABLE.match(name):
+        raise E.InvalidOption(f"durable {name!r}: 1 to {DURABLE_MAX} ASCII letters, digits, '-' and '_'")
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -452,22 +498,24 @@ def _build(items: list, sender: str) -> Frame:
 
 
 _unpackb = msgpack.unpackb
-_MSG_ARRAY_HEADERS = (0x94, 0x95, 0x96)  # fixarray of 4, 5 or 6 items
+_MSG_ARRAY_HEADERS = (0x94, 0x95, 0x96, 0x97, 0x98)  # fixarray of 4 to 8 items
 _HEADERS_SEEN: set[tuple] = set()  # header maps (as tuples of pairs) already found valid
 _HEADERS_SEEN_MAX = 1024
 
 
 def _msg_fields(body: bytes) -> tuple | None:
-    """Fast path for the hot frame: the fields ``(sid, subject, payload, headers, reply_to)`` of a
-    gateway MSG body of 4 to 6 items that passes every check of section 3.4, or None for anything
-    else: the caller then uses the generic path (:func:`decode`), which decides and raises.
+    """Fast path for the hot frame: the fields ``(sid, subject, payload, headers, reply_to,
+    delivery_id, attempt)`` of a gateway MSG body of 4 to 8 items that passes every check of
+    section 3.4, or None for anything else: the caller then uses the generic path (:func:`decode`),
+    which decides and raises.
 
     Accepts a subset of what the generic path accepts, with the same result. The body is unpacked
     by msgpack in C with maps as tuples of (key, value) pairs; the headers map is valid when it
     equals one already validated (only a tuple of exactly the same str pairs can compare equal to
     one), else it is checked here like ``_pairs`` and ``_typed`` would: str keys, no duplicate key,
     str values. Ext values, non-str keys, trailing bytes and invalid UTF-8 fail the type checks or
-    the unpacker, and go to the generic path."""
+    the unpacker, and go to the generic path. ``delivery_id`` and ``attempt`` (durable deliveries)
+    are uints; 0 and nil mean absent."""
     if len(body) < 5 or body[1] != MSG or body[0] not in _MSG_ARRAY_HEADERS:
         return None
     try:
@@ -482,9 +530,24 @@ def _msg_fields(body: bytes) -> tuple | None:
     if type(sid) is not int or not 0 <= sid <= UINT32_MAX or type(subject) is not str \
             or type(payload) is not bytes or (reply_to is not None and type(reply_to) is not str):
         return None
+    delivery_id = attempt = None
+    if n > 6:
+        delivery_id = items[6]
+        if delivery_id is not None:
+            if type(delivery_id) is not int or delivery_id < 0:
+                return None
+            if delivery_id == 0:
+                delivery_id = None
+        if n > 7:
+            attempt = items[7]
+            if attempt is not None:
+                if type(attempt) is not int or attempt < 0:
+                    return None
+                if attempt == 0:
+                    attempt = None
     hp = items[4] if n > 4 else None
     if hp is None or hp == ():  # absent, nil or {}: no headers
-        return sid, subject, payload, None, reply_to
+        return sid, subject, payload, None, reply_to, delivery_id, attempt
     if type(hp) is not tuple:
         return None
     headers = dict(hp)
@@ -502,7 +565,7 @@ def _msg_fields(body: bytes) -> tuple | None:
             if len(_HEADERS_SEEN) >= _HEADERS_SEEN_MAX:
                 _HEADERS_SEEN.clear()
             _HEADERS_SEEN.add(hp)
-    return sid, subject, payload, headers, reply_to
+    return sid, subject, payload, headers, reply_to, delivery_id, attempt
 
 
 def decode(body: bytes, sender: str = GATEWAY) -> Frame:
@@ -594,8 +657,10 @@ def encode_framed(frame: Frame) -> bytes:
 
 
 def encode_pub(subject: str, payload: bytes, headers: Headers | None = None, reply_to: str | None = None,
-               ack: int | None = None) -> bytes:
+               ack: int | None = None, msg_id: str | None = None) -> bytes:
     """Fast path for the canonical PUB body."""
+    if msg_id:
+        return _pack([PUB, subject, payload, headers or None, reply_to, ack or None, msg_id])
     if ack:
         return _pack([PUB, subject, payload, headers or None, reply_to, ack])
     if reply_to:
@@ -606,8 +671,8 @@ def encode_pub(subject: str, payload: bytes, headers: Headers | None = None, rep
 
 
 def encode_pub_framed(subject: str, payload: bytes, headers: Headers | None = None, reply_to: str | None = None,
-                      ack: int | None = None) -> bytes:
-    body = encode_pub(subject, payload, headers, reply_to, ack)
+                      ack: int | None = None, msg_id: str | None = None) -> bytes:
+    body = encode_pub(subject, payload, headers, reply_to, ack, msg_id)
     return _LEN(len(body)) + body
 
 

@@ -8,6 +8,11 @@
         print(sub.next(timeout=1).data)
         print(bg.request("svc.echo", b"ping", timeout=2).data)
 
+        jobs = bg.subscribe("jobs.score", durable="scorers", max_inflight=4)   # durable consumption
+        for msg in jobs:
+            work(msg.data)
+            msg.ack()
+
 Each ``SyncClient`` runs its asyncio client on a private event loop in a background (daemon) thread;
 every method submits a coroutine to that loop and waits for its result, so the semantics, errors and
 options are exactly those of :mod:`busgate.client`. Callbacks given to ``subscribe(cb=...)`` run in a
@@ -56,7 +61,9 @@ class _Loop:
 
 
 class SyncMsg:
-    """A received message (same fields as :class:`busgate.Msg`) with a blocking ``respond``."""
+    """A received message (same fields as :class:`busgate.Msg`) with a blocking ``respond``, and for
+    durable deliveries blocking ``ack``, ``nak``, ``in_progress`` and ``term`` (same semantics and
+    return values as the asyncio ones)."""
 
     __slots__ = ("_msg", "_loop")
 
@@ -70,6 +77,10 @@ class SyncMsg:
     reply_to = property(lambda self: self._msg.reply_to)
     sid = property(lambda self: self._msg.sid)
     tenant = property(lambda self: self._msg.tenant)
+    delivery_id = property(lambda self: self._msg.delivery_id)
+    attempt = property(lambda self: self._msg.attempt)
+    settled = property(lambda self: self._msg.settled)
+    stale = property(lambda self: self._msg.stale)
 
     def text(self) -> str:
         return self._msg.text()
@@ -79,6 +90,18 @@ class SyncMsg:
 
     def respond(self, data: bytes | str = b"", headers: dict[str, str] | None = None) -> None:
         self._loop.run(self._msg.respond(data, headers))
+
+    def ack(self) -> bool:
+        return self._loop.run(self._msg.ack())
+
+    def nak(self, delay: float | None = None) -> bool:
+        return self._loop.run(self._msg.nak(delay))
+
+    def in_progress(self) -> bool:
+        return self._loop.run(self._msg.in_progress())
+
+    def term(self, reason: str | None = None) -> bool:
+        return self._loop.run(self._msg.term(reason))
 
     def __repr__(self) -> str:
         return repr(self._msg).replace("<Msg", "<SyncMsg", 1)
@@ -94,6 +117,8 @@ class SyncSubscription:
     subject = property(lambda self: self._sub.subject)
     queue = property(lambda self: self._sub.queue)
     pending_msgs = property(lambda self: self._sub.pending_msgs)
+    durable = property(lambda self: self._sub.durable)
+    unsettled = property(lambda self: self._sub.unsettled)
 
     def next(self, timeout: float | None = None) -> SyncMsg:
         """The next message; Timeout after ``timeout`` seconds, SubscriptionClosed once it ended."""
@@ -145,11 +170,12 @@ class SyncClient:
     connected_url = property(lambda self: self._client.connected_url)
 
     def publish(self, subject: str, data: bytes | str = b"", headers: dict[str, str] | None = None,
-                reply_to: str | None = None, *, ack: bool = False) -> None:
-        self._loop.run(self._client.publish(subject, data, headers, reply_to, ack=ack))
+                reply_to: str | None = None, *, ack: bool = False, msg_id: str | None = None) -> None:
+        self._loop.run(self._client.publish(subject, data, headers, reply_to, ack=ack, msg_id=msg_id))
 
     def subscribe(self, subject: str, queue: str | None = None, cb: Callable[[SyncMsg], Any] | None = None,
                   **kw: Any) -> SyncSubscription:
+        """Keywords as :meth:`busgate.Client.subscribe` (``durable``, ``max_inflight``, ``deliver``, ...)."""
         sub = SyncSubscription(self._loop.run(self._client.subscribe(subject, queue, **kw)), self._loop)
         if cb is not None:
             sub._start(cb)

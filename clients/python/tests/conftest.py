@@ -289,3 +289,105 @@ def python_env() -> dict:
 
 
 CLI = [sys.executable, "-m", "busgate.cli"]
+
+
+# ------------------------------------------------------------------ durable consumption (section 16)
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+def durable_config(streams: str, consumers: str, *, limits: str = "{max_consumers: 5}",
+                   consumer_defaults: str = "{ack_wait_ms: 1000, max_deliveries: 3}", extra: str = "") -> str:
+    """A gateway configuration (docs/configuration.md, "Streams and durable consumers") with tenant
+    demo (token dev-token), the given streams and consumers (YAML flow lists), and an admin token."""
+    return f"""
+admin: {{token: {ADMIN_TOKEN}}}
+{extra}
+tenants:
+  - name: demo
+    tokens: [{TOKEN}]
+    streams: {streams}
+    consumers: {consumers}
+    consumer_defaults: {consumer_defaults}
+    limits: {limits}
+"""
+
+
+def admin(gw: "Gateway", method: str, path: str) -> tuple[int, object]:
+    """Call the gateway's admin API (docs/operations.md); returns (status, parsed JSON or text)."""
+    import json
+    assert gw.http
+    conn = http.client.HTTPConnection(*gw.http, timeout=5)
+    try:
+        conn.request(method, path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        r = conn.getresponse()
+        body = r.read().decode()
+        try:
+            return r.status, json.loads(body)
+        except ValueError:
+            return r.status, body
+    finally:
+        conn.close()
+
+
+def _items(v, key: str) -> list:
+    return v if isinstance(v, list) else v.get(key, []) if isinstance(v, dict) else []
+
+
+def connection_id(gw: "Gateway", session_id: str):
+    status, body = admin(gw, "GET", "/admin/connections")
+    assert status == 200, body
+    for c in _items(body, "connections"):
+        if c.get("session_id") == session_id:
+            return c["id"]
+    raise AssertionError(f"session {session_id} not in /admin/connections: {body}")
+
+
+def close_connection(gw: "Gateway", session_id: str) -> None:
+    """Close one client connection from the gateway's side (ERR CLOSED_BY_ADMIN; clients reconnect)."""
+    status, body = admin(gw, "POST", f"/admin/connections/{connection_id(gw, session_id)}/close")
+    assert status in (200, 204), body
+
+
+def subscriptions_of(gw: "Gateway", session_id: str) -> list[dict]:
+    status, body = admin(gw, "GET", "/admin/subscriptions")
+    assert status == 200, body
+    return [s for s in _items(body, "subscriptions") if s.get("session_id") == session_id]
+
+
+class JetStreamServer(Process):
+    """A nats-server with JetStream (file storage in a temporary directory)."""
+
+    def __init__(self) -> None:
+        self.store = tempfile.TemporaryDirectory()
+        super().__init__([NATS_SERVER, "-a", "127.0.0.1", "-p", "-1", "-m", "0", "-js", "-sd", self.store.name],
+                         "re:Server is ready")
+        m = self.wait_log(r"Listening for client connections on (\S+):(\d+)")
+        self.port = int(m.group(2))
+        self.url = f"nats://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        super().kill()
+        self.store.cleanup()
+
+
+@pytest.fixture(params=["memory", "nats"])
+def durable_gateway(request, start_gateway, binary):
+    """start(config) -> a gateway with that configuration on the memory bus, then (second run of the
+    test) on a NATS bus with JetStream (skipped when the binary or nats-server lacks it)."""
+    servers: list[JetStreamServer] = []
+
+    def start(config: str) -> Gateway:
+        if request.param == "memory":
+            return start_gateway(config)
+        reason = gateway_nats_unsupported(binary)
+        if reason:
+            pytest.skip(reason)
+        js = JetStreamServer()
+        servers.append(js)
+        return start_gateway(config, nats=js.url)
+
+    start.bus = request.param  # type: ignore[attr-defined]
+    yield start
+    for s in servers:
+        s.kill()

@@ -67,6 +67,10 @@ SEEDS = [
     P.encode(P.Msg(300, "s.t", b"p", None, "r")),
     msgpack.packb([6, 1, "s", b"p", {}], use_bin_type=True),
     msgpack.packb([6, 1, "s", b"p", None, "r"], use_bin_type=True),
+    # durable deliveries: delivery_id and attempt (fields 6 and 7)
+    P.encode(P.Msg(20, "jobs.resize", b"img-1", {"busgate-tenant": "acme"}, None, 1, 1)),
+    msgpack.packb([6, 20, "j", b"p", None, None, 2 ** 53 - 1, 300], use_bin_type=True),
+    msgpack.packb([6, 1, "s", b"p", {"busgate-tenant": "d"}, "r", 0, 0], use_bin_type=True),  # 0: absent
     bytes.fromhex("9506") + msgpack.packb(1) + msgpack.packb("s") + msgpack.packb(b"p", use_bin_type=True)
     + bytes.fromhex("82a16ba178a16ba179"),  # duplicate header key
 ]
@@ -95,7 +99,10 @@ def test_fast_path_rejections():
         P.decode(SEEDS[-1])
     for items in ([6, 1, "s", b"p", {1: "x"}], [6, 1, "s", b"p", {"k": ["x"]}], [6, 1, "s", b"p", {"k": 1}],
                   [6, 1, "s", b"p", {b"k": "x"}], [6, -1, "s", b"p"], [6, 1, b"s", b"p"], [6, 1, "s", "p"],
-                  [6, 1, "s", b"p", None, 5], [6, 2 ** 32, "s", b"p"], [6, 1, "s", b"p", [["k", "v"]]]):
+                  [6, 1, "s", b"p", None, 5], [6, 2 ** 32, "s", b"p"], [6, 1, "s", b"p", [["k", "v"]]],
+                  [6, 1, "s", b"p", None, None, -1], [6, 1, "s", b"p", None, None, 1, 1.5],
+                  [6, 1, "s", b"p", None, None, "1"], [6, 1, "s", b"p", None, None, True],
+                  [6, 1, "s", b"p", None, None, 1, -2]):
         body = msgpack.packb(items, use_bin_type=True)
         assert P._msg_fields(body) is None, items
         with pytest.raises(errors.MalformedFrame):
@@ -128,8 +135,8 @@ class _Sink:
         self.transport: TcpTransport | None = None
         self.pause_after: int | None = None
 
-    def on_msg(self, sid, subject, payload, headers, reply_to) -> None:
-        self.got.append(P.Msg(sid, subject, payload, headers, reply_to))
+    def on_msg(self, sid, subject, payload, headers, reply_to, delivery_id=None, attempt=None) -> None:
+        self.got.append(P.Msg(sid, subject, payload, headers, reply_to, delivery_id, attempt))
         if self.pause_after is not None and len(self.got) >= self.pause_after:
             self.transport.pause_reading()
 

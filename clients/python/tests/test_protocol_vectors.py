@@ -183,3 +183,67 @@ def test_errors_are_typed_and_carry_codes():
     assert isinstance(u, errors.UnknownError) and u.code == 799 and not u.fatal
     for name, code in errors.CODES.items():
         assert errors.error_for(code).name == name
+
+
+# ---------------------------------------------------------------- durable consumption (section 16)
+
+def test_durable_frames_encode_canonically_and_round_trip():
+    cases = [
+        (P.Progress(20, 1), "00000004931114" + "01"),
+        (P.Term(20, 1), "00000004931214" + "01"),
+        (P.Term(20, 7, "bad input"), "0000000e941214" + "07" + "a9" + b"bad input".hex()),
+        (P.Msg(20, "jobs.resize", b"img-1", {"busgate-tenant": "acme"}, None, 1, 2), None),
+        (P.Pub("jobs.score", b"x", None, None, 5, "job-1"), None),
+        (P.Pub("jobs.score", b"x", msg_id="job-1"), None),
+    ]
+    for frame, want in cases:
+        data = P.encode_framed(frame)
+        if want is not None:
+            assert data.hex() == want
+        sender = P.GATEWAY if isinstance(frame, P.Msg) else P.CLIENT
+        assert P.decode_framed(data, sender) == frame
+        assert P.from_json_text(P.to_json_text(frame), sender) == frame
+    # absent fields before a present one are nil; the encoder and the PUB fast path agree
+    assert P.to_json(P.Pub("jobs.score", b"x", msg_id="job-1")) == [3, "jobs.score", "x", None, None, None, "job-1"]
+    for args in (("a.b", b"x", None, None, None, "k"), ("a.b", b"x", {"h": "v"}, "r.s", 9, "k"),
+                 ("a.b", b"x", None, None, 3, None)):
+        assert P.encode_pub(*args) == P.encode(P.Pub(*args))
+    assert P.to_json(P.Msg(1, "a", b"x", None, None, 5, 1)) == [6, 1, "a", "x", None, None, 5, 1]
+
+
+def test_durable_ops_are_client_only_and_strictly_typed():
+    with pytest.raises(errors.UnexpectedOp):
+        P.decode(P.encode(P.Progress(1, 2)), P.GATEWAY)
+    with pytest.raises(errors.UnexpectedOp):
+        P.decode(P.encode(P.Term(1, 2)), P.GATEWAY)
+    import msgpack
+    for items in ([17, 1], [17, 1, -1], [18, 1, 2, b"bin reason"], [18, "1", 2], [17, 1, 2.0]):
+        with pytest.raises(errors.MalformedFrame):
+            P.decode(msgpack.packb(items, use_bin_type=True), P.CLIENT)
+    with pytest.raises(errors.UnknownOp):
+        P.decode(msgpack.packb([19]), P.CLIENT)
+    # trailing nils and an unknown trailing field are accepted
+    assert P.decode(msgpack.packb([18, 1, 2, None, "future"]), P.CLIENT) == P.Term(1, 2)
+
+
+def test_msg_id_and_durable_name_grammar():
+    for ok in ("a", "job-1", "x" * 128, "!~", "order:42/v1"):
+        P.check_msg_id(ok)
+    for bad in ("", "x" * 129, "has space", "tab\t", "é", "\x7f"):
+        with pytest.raises(errors.InvalidOption):
+            P.check_msg_id(bad)
+    for ok in ("scorers", "a_b-C9", "x" * 64):
+        P.check_durable_name(ok)
+    for bad in ("", "x" * 65, "a.b", "a b", "é"):
+        with pytest.raises(errors.InvalidOption):
+            P.check_durable_name(bad)
+
+
+def test_durable_error_codes():
+    for code, cls, family in ((309, errors.InvalidOption, errors.SubjectError),
+                              (310, errors.UnknownDelivery, errors.SubjectError),
+                              (311, errors.UnknownStream, errors.SubjectError),
+                              (407, errors.TooManyConsumers, errors.LimitError),
+                              (504, errors.NotStored, errors.RequestError)):
+        e = errors.error_for(code, "x", ref_op=3, ref_id=1)
+        assert type(e) is cls and isinstance(e, family) and e.code == code and not e.fatal
