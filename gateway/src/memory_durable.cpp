@@ -285,7 +285,12 @@ void MemoryDurable::publish_stored(BusMessagePtr msg, std::string msg_id, Stored
     }
   }
   flush(out);
-  if (code == proto::Code::ok && !dup) deliver_plain_(msg);
+  if (code == proto::Code::ok && !dup) {
+    // As on JetStream, whose store confirmation travels on the reply subject, the plain subscribers
+    // of a stored publish see no reply subject.
+    if (msg->reply_to.empty()) deliver_plain_(msg);
+    else deliver_plain_(std::make_shared<const BusMessage>(msg->subject, std::string_view{}, msg->headers, msg->payload));
+  }
   done(code, std::move(why));
 }
 

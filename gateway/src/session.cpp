@@ -467,8 +467,19 @@ void Session::encode_headers_with_tenant(const proto::Headers& h, std::string& o
   w.str(tenant_->name());
 }
 
+namespace {
+// `_INBOX.<node>.js.…`: where a gateway node waits for the store confirmations of JetStream
+// publishes. Core subscribers of a stream subject see it as the reply subject of a stored publish;
+// it is the bus's, never the publisher's, so it is not shown (docs/protocol.md section 16.5).
+bool is_store_confirmation_inbox(std::string_view reply) {
+  if (!reply.starts_with("_INBOX.")) return false;
+  const auto node_end = reply.find('.', 7);
+  return node_end != std::string_view::npos && reply.substr(node_end).starts_with(".js.");
+}
+}  // namespace
+
 std::string Session::map_reply_locked(const std::string& bus_reply, const std::string& prefix) {
-  if (bus_reply.empty()) return {};
+  if (bus_reply.empty() || is_store_confirmation_inbox(bus_reply)) return {};
   std::string visible;
   if (bus_reply.starts_with(prefix)) visible = bus_reply.substr(prefix.size());  // the tenant's own subject
   else if (bus_reply.starts_with(kInbox)) visible = bus_reply;                   // a gateway request inbox

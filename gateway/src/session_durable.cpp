@@ -236,9 +236,9 @@ bool Session::deliver_durable(SubState& sub, const BusMessagePtr& m, uint64_t de
   {
     std::unique_lock lk(out_mu_);
     if (state_.load() == State::closed || closing_) return false;
-    const std::string reply = map_reply_locked(std::string(m->reply_to), sub.own_prefix);
+    // A stored message has no reply subject: a durable delivery is answered with ACK, not a reply.
     const size_t before = out_buf_.size();
-    proto::encode_msg_framed(out_buf_, sub.sid, *subject, m->payload, m->headers, reply, delivery_id, attempt);
+    proto::encode_msg_framed(out_buf_, sub.sid, *subject, m->payload, m->headers, {}, delivery_id, attempt);
     const size_t n = out_buf_.size() - before;
     if (n > max_frame_ + 4) {
       out_buf_.resize(before);
@@ -319,8 +319,16 @@ bool Session::publish_stored(const proto::Pub& p, const BusMessagePtr& msg) {
                         asio::post(ex, [weak, ref, code, why = std::move(why)] {
                           auto self = weak.lock();
                           if (!self || self->state_.load() == State::closed) return;
-                          if (code == Code::ok) self->send_ok(3, ref);
-                          else self->send_err(code, why.empty() ? "the message was not stored" : why, 3, ref);
+                          if (code == Code::ok) {
+                            self->send_ok(3, ref);
+                          } else {
+                            // The bus names bus subjects; the client knows its own.
+                            std::string text = why.empty() ? "the message was not stored" : why;
+                            const std::string& prefix = self->cfg().prefix;
+                            for (size_t at; !prefix.empty() && (at = text.find(prefix)) != std::string::npos;)
+                              text.erase(at, prefix.size());
+                            self->send_err(code, text, 3, ref);
+                          }
                           self->flush();
                         });
                       });

@@ -374,3 +374,18 @@ tenants:
     stored_pub(c, "reports.daily", b"stored now", ack=20)
     durable_sub(c, 2, "reports.>", "readers")
     assert c.expect(MSG)[3] == b"stored now"
+
+
+def test_stored_publishes_reach_plain_subscribers_without_a_reply_subject(dgw, clients):
+    c = clients(dgw.client("acme-token-1"))
+    c.sub(9, "jobs.>")
+    c.send(PUB, "jobs.work", b"stored", None, "replies.me", 1)
+    assert c.expect(OK) == [OK, PUB, 1]
+    plain = c.expect(MSG)
+    assert plain[1] == 9 and plain[3] == b"stored" and len(plain) == 5  # no reply_to
+    c.send(PUB, "jobs.work", b"fire and forget", None, "replies.me")  # no ack: stored, reply kept
+    plain = c.expect(MSG)
+    assert plain[3] == b"fire and forget" and plain[5] == "replies.me"
+    durable_sub(c, 1, "jobs.work", "workers")
+    for m in msgs(c, 2):
+        assert m[1] == 1 and m[5] is None and m[6] >= 1  # durable deliveries carry no reply subject
