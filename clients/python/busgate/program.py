@@ -291,7 +291,8 @@ class Program:
     def parser(self) -> argparse.ArgumentParser:
         p = argparse.ArgumentParser(prog=f"python -m {self.name}", description=self.description)
         common = argparse.ArgumentParser(add_help=False)
-        common.add_argument("--url", default=None, help="gateway URL (default: $BUSGATE_URL or busgate://127.0.0.1:7422)")
+        common.add_argument("--url", default=None, help="gateway URL, or several separated by commas (default: $BUSGATE_URL or "
+                                 "busgate://127.0.0.1:7422)")
         common.add_argument("--token", default=None, help="tenant token (default: $BUSGATE_TOKEN)")
         common.add_argument("--log-level", default=os.environ.get("BUSGATE_LOG_LEVEL", "info"))
         common.add_argument("--drain-timeout", type=float, default=30.0, help="seconds a drain may take")
@@ -352,8 +353,10 @@ class Program:
         def on_reconnect() -> None:
             log.info("client.reconnected", extra={"fields": {}})
 
-        return await connect(url, token=token, name=name, on_error=on_error, on_disconnect=on_disconnect,
-                             on_reconnect=on_reconnect)
+        # "URL1,URL2,...": several gateway nodes; the client reconnects to the next when one goes away.
+        urls = [u.strip() for u in url.split(",") if u.strip()]
+        return await connect(urls if len(urls) > 1 else url, token=token, name=name, on_error=on_error,
+                             on_disconnect=on_disconnect, on_reconnect=on_reconnect)
 
     def stop(self) -> None:
         """Begin the drain (what SIGTERM does)."""
