@@ -250,13 +250,16 @@ void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
   // Replies through a grant answer an admitted request: they are not rate-limited (spec 12.3).
   if (!p.subject.starts_with(kInbox) && !tenant_->try_publish(p.payload.size()))
     return send_err(Code::rate_limited, "tenant publish rate exceeded; message dropped", 3, ref);
+  // A subject a stream stores: the bus answers a reply subject with its store confirmation, so the
+  // publisher's reply_to is not relayed (docs/protocol.md section 16.5).
+  const bool stored = !c.streams.empty() && stream_stores(c, subject);
   reply.clear();
-  if (p.reply_to) reply.assign(c.prefix).append(*p.reply_to);
+  if (p.reply_to && !stored) reply.assign(c.prefix).append(*p.reply_to);
   encode_headers_with_tenant(p.headers, headers);
   auto msg = std::make_shared<const BusMessage>(subject, reply, headers, p.payload);
   tenant_->msgs_in.fetch_add(1, std::memory_order_relaxed);
   tenant_->bytes_in.fetch_add(p.payload.size(), std::memory_order_relaxed);
-  if ((ref || p.msg_id) && !c.streams.empty() && publish_stored(p, msg)) return;
+  if (stored && (ref || p.msg_id) && publish_stored(p, msg)) return;
   const Code rc = server_.bus().publish(std::move(msg), ref != 0);
   if (rc != Code::ok) return send_err(rc, "the bus did not accept the message", 3, ref);
   if (ref) send_ok(3, ref);

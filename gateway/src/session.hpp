@@ -89,6 +89,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_credit(const proto::Credit& c);
   // A PUB to a subject a stream stores, with ack or msg_id: answered once stored.
   bool publish_stored(const proto::Pub& p, const BusMessagePtr& msg);
+  static bool stream_stores(const TenantConfig& c, std::string_view bus_subject);
   void end_durable(SubState& st);
   void finish_sub(const std::shared_ptr<SubState>& st);
   void on_req(const proto::Req& q, const proto::DecodeResult& r);

@@ -302,13 +302,16 @@ void Session::end_durable(SubState& st) {
   }
 }
 
-bool Session::publish_stored(const proto::Pub& p, const BusMessagePtr& msg) {
-  const TenantConfig& c = cfg();
-  bool stored = false;
+bool Session::stream_stores(const TenantConfig& c, std::string_view bus_subject) {
+  if (!bus_subject.starts_with(c.prefix)) return false;
+  const auto rel = bus_subject.substr(c.prefix.size());
   for (const auto& st : c.streams)
     for (const auto& pat : st.subjects)
-      if (!stored && proto::subject_matches(c.prefix + pat, msg->subject)) stored = true;
-  if (!stored) return false;
+      if (proto::subject_matches(pat, rel)) return true;
+  return false;
+}
+
+bool Session::publish_stored(const proto::Pub& p, const BusMessagePtr& msg) {
   DurableBus* bus = server_.bus().durable();
   if (!bus) return false;
   const uint64_t ref = p.ack;
