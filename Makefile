@@ -39,9 +39,12 @@ fuzz: bootstrap
 	@cmake --build $(FUZZ_DIR) -j$(JOBS)
 	@scripts/fuzz $(FUZZ_DIR)/bin $(FUZZ_SECONDS)
 
+# The kill -9 runner test (clients/python) runs DURABLE_JOBS jobs on each bus and checks none is lost.
+DURABLE_JOBS ?= 10000
 test-python: build
 	python3 -m pip install -q -e 'clients/python[ws]'
-	BUSGATE_BIN=$(abspath $(BUILD_DIR))/bin/busgate python3 -m pytest clients/python/tests -q
+	BUSGATE_BIN=$(abspath $(BUILD_DIR))/bin/busgate BUSGATE_DURABLE_JOBS=$(DURABLE_JOBS) \
+	  python3 -m pytest clients/python/tests -q
 
 test-go: build
 	cd clients/go && BUSGATE_BIN=$(abspath $(BUILD_DIR))/bin/busgate $(GO) test -race -count=1 ./...
