@@ -3,55 +3,26 @@
 // object per line. bench/run.py runs both sides in one go and computes the ratios.
 //
 //   busgate-bench --target URL --workload NAME [--size B] [--count N] [--subs N] [--seconds S] ...
-//   workloads: pub, pubsub, fanout, reqrep, openloop, idle, isolation
-#include <arpa/inet.h>
-#include <nats/nats.h>
-#include <netdb.h>
-#include <netinet/tcp.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
+//   workloads: pub, pubsub, fanout, reqrep, openloop, idle, isolation, stored, consume
+//   (stored and consume, the durable work queues, are in durable_bench.cpp)
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cmath>
 #include <condition_variable>
-#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <functional>
 #include <map>
-#include <memory>
 #include <mutex>
-#include <stdexcept>
-#include <string>
 #include <thread>
 #include <vector>
 
-#include "busgate/protocol/codec.hpp"
-#include "busgate/protocol/stream.hpp"
+#include "bench.hpp"
 
 using namespace busgate;
-using Clock = std::chrono::steady_clock;
+using namespace busgate::bench;
 
 namespace {
-
-struct Options {
-  std::string target;
-  std::string workload = "pubsub";
-  size_t size = 128;
-  uint64_t count = 200000;
-  int subs = 1;
-  double seconds = 3;
-  double rate = 5000;
-  int conns = 1000;
-  int server_pid = 0;
-  std::string token = "dev-token";
-  std::string subject = "bench.x";
-  std::string responder;  // where the request/reply responder connects (default: the target)
-};
-
-double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // Log-linear latency histogram (HDR-style: ~1% relative precision from 1 µs to ~100 s).
 class Histogram {
@@ -87,119 +58,6 @@ class Histogram {
   double max_ = 0;
 };
 
-void emit(const Options& o, const std::string& fields) {
-  std::printf("{\"target\":\"%s\",\"workload\":\"%s\",\"size\":%zu,%s}\n", o.target.c_str(), o.workload.c_str(), o.size,
-              fields.c_str());
-  std::fflush(stdout);
-}
-
-// ------------------------------------------------------------------ busgate side (raw frames)
-
-class BgConn {
- public:
-  BgConn(const std::string& host, int port, const std::string& token, size_t rcvbuf = 0) : parser_(1 << 20) {
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    if (rcvbuf) {
-      int v = static_cast<int>(rcvbuf);
-      setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
-    }
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(port));
-    inet_pton(AF_INET, host.c_str(), &a.sin_addr);
-    if (connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw std::runtime_error("connect failed");
-    int one = 1;
-    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    proto::Hello h;
-    h.versions = {1};
-    h.auth.type = proto::mp::Type::map;
-    proto::mp::Value m, t;
-    m.type = t.type = proto::mp::Type::str;
-    m.s = "token";
-    t.s = token;
-    h.auth.map.push_back({"method", m});
-    h.auth.map.push_back({"token", t});
-    std::string out;
-    proto::encode_framed(h, out);
-    send_all(out);
-    proto::Frame f;
-    if (!next(f) || !std::holds_alternative<proto::Welcome>(f)) throw std::runtime_error("no WELCOME");
-    parser_.set_max_frame(1 << 21);
-  }
-  ~BgConn() { close(fd_); }
-
-  void send_all(std::string_view data) {
-    while (!data.empty()) {
-      const ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
-      if (n <= 0) throw std::runtime_error("send failed");
-      data.remove_prefix(static_cast<size_t>(n));
-    }
-  }
-  // Blocks for the next frame; false on close.
-  bool next(proto::Frame& f) {
-    for (;;) {
-      std::string_view body;
-      const auto st = parser_.next(body);
-      if (st == proto::FrameParser::Status::frame) {
-        body_copy_.assign(body);
-        auto r = proto::decode(body_copy_, proto::Origin::gateway, f);
-        if (!r.has_frame) throw std::runtime_error("undecodable frame: " + r.detail);
-        if (std::holds_alternative<proto::Ping>(f)) {
-          std::string pong;
-          proto::encode_framed(proto::Pong{}, pong);
-          send_all(pong);
-          continue;
-        }
-        return true;
-      }
-      if (st == proto::FrameParser::Status::error) throw std::runtime_error("stream error");
-      char* p = parser_.prepare(1 << 16);
-      const ssize_t n = ::recv(fd_, p, 1 << 16, 0);
-      if (n <= 0) return false;
-      parser_.commit(static_cast<size_t>(n));
-    }
-  }
-  void sub(uint32_t sid, const std::string& subject) {
-    std::string out;
-    proto::encode_framed(proto::Sub{sid, subject, std::nullopt, {}}, out);
-    send_all(out);
-    proto::Frame f;
-    while (next(f))
-      if (std::holds_alternative<proto::Ok>(f)) return;
-    throw std::runtime_error("no OK for SUB");
-  }
-  void flush() {
-    std::string out;
-    proto::encode_framed(proto::Ping{}, out);
-    send_all(out);
-    proto::Frame f;
-    while (next(f))
-      if (std::holds_alternative<proto::Pong>(f)) return;
-  }
-  int fd() const { return fd_; }
-
- private:
-  int fd_;
-  proto::FrameParser parser_;
-  std::string body_copy_;
-};
-
-void parse_hostport(const std::string& url, std::string& host, int& port) {
-  const auto p = url.find("://");
-  const auto rest = url.substr(p + 3);
-  const auto c = rest.rfind(':');
-  host = rest.substr(0, c);
-  if (host == "localhost") host = "127.0.0.1";
-  port = std::stoi(rest.substr(c + 1));
-}
-
-std::unique_ptr<BgConn> bg_connect(const std::string& url, const std::string& token, size_t rcvbuf = 0) {
-  std::string host;
-  int port = 0;
-  parse_hostport(url, host, port);
-  return std::make_unique<BgConn>(host, port, token, rcvbuf);
-}
-
 // Publishes `count` messages in batches (many frames per send, like a real client's writer).
 void bg_publish(BgConn& c, const std::string& subject, size_t size, uint64_t count) {
   const std::string payload(size, 'x');
@@ -220,27 +78,12 @@ void bg_publish(BgConn& c, const std::string& subject, size_t size, uint64_t cou
   }
 }
 
-// ------------------------------------------------------------------ NATS side (cnats)
-
-natsConnection* nats_connect(const std::string& url, bool asap) {
-  natsOptions* o = nullptr;
-  natsOptions_Create(&o);
-  natsOptions_SetURL(o, url.c_str());
-  natsOptions_SetSendAsap(o, asap);
-  natsConnection* nc = nullptr;
-  if (natsConnection_Connect(&nc, o) != NATS_OK) throw std::runtime_error("cannot connect to " + url);
-  natsOptions_Destroy(o);
-  return nc;
-}
-
 // ------------------------------------------------------------------ workloads
 
 struct Counter {
   std::atomic<uint64_t> n{0};
   std::atomic<int64_t> last_ns{0};
 };
-
-int64_t now_ns() { return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count(); }
 
 // 1 publisher → `subs` subscribers; returns delivered msgs/s (all subscribers together).
 double run_delivery(const Options& o, int subs, uint64_t count, bool stalled_extra, uint64_t* lost_out) {
@@ -628,10 +471,21 @@ int main(int argc, char** argv) {
     else if (a == "--server-pid") o.server_pid = std::stoi(val());
     else if (a == "--token") o.token = val();
     else if (a == "--responder") o.responder = val();
+    else if (a == "--window") o.window = static_cast<uint32_t>(std::stoul(val()));
+    else if (a == "--prefill") o.prefill = std::stoll(val());
+    else if (a == "--stream") o.stream = val();
+    else if (a == "--durable") o.durable = val();
+    else if (a == "--direct-mode") o.direct_mode = val();
+    else if (a == "--subject") {
+      o.subject = val();
+      o.subject_given = true;
+    }
     else if (a == "--help") {
-      std::puts("busgate-bench --target busgate://H:P|nats://H:P --workload pub|pubsub|fanout|reqrep|openloop|idle|isolation\n"
+      std::puts("busgate-bench --target busgate://H:P|nats://H:P --workload pub|pubsub|fanout|reqrep|openloop|idle|isolation|stored|consume\n"
                 "  [--size B] [--count N] [--subs N] [--seconds S] [--rate R] [--conns N] [--server-pid PID] [--token T]\n"
-                "  [--responder nats://H:P|busgate://H:P]  (reqrep/openloop: where the responder runs)");
+                "  [--responder nats://H:P|busgate://H:P]  (reqrep/openloop: where the responder runs)\n"
+                "  [--subject S] [--window W] [--prefill N] [--stream NAME] [--durable NAME]\n"
+                "  [--direct-mode async|inbox]  (stored/consume)");
       return 0;
     } else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
@@ -650,6 +504,8 @@ int main(int argc, char** argv) {
     else if (o.workload == "openloop") workload_openloop(o);
     else if (o.workload == "idle") workload_idle(o);
     else if (o.workload == "isolation") workload_isolation(o);
+    else if (o.workload == "stored") workload_stored(o);
+    else if (o.workload == "consume") workload_consume(o);
     else throw std::runtime_error("unknown workload " + o.workload);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "busgate-bench: %s\n", e.what());

@@ -3,7 +3,12 @@
 on its memory bus, in interleaved rounds on this machine. Prints a table, the headline ratios as
 `NAME=value` lines, and writes the raw results to bench/results/.
 
-  python3 bench/run.py [--quick] [--build build] [--rounds N]
+  python3 bench/run.py [--quick] [--build build] [--rounds N] [--gateway PATH] [--bench PATH]
+                       [--durable-only]
+
+nats-server runs with JetStream (file storage in a temporary directory) for the durable work-queue
+workloads (`stored`, `consume`): the gateways' tenant has a workqueue stream `jobs` and a consumer
+`workers`; the direct side creates its own stream with the same settings on other subjects.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,9 +67,25 @@ class Proc:
                 self.p.wait(15)
             except subprocess.TimeoutExpired:
                 self.p.kill()
+        for path in getattr(self, "files", ()):
+            pathlib.Path(path).unlink(missing_ok=True)
 
 
-def start_gateway(binary, nats_url=None, max_pending=67108864):
+# Durable work queues: one workqueue stream with file storage and one declared consumer whose cap is
+# the window the workloads keep in flight. The direct side's stream (bench/durable_bench.cpp) has the
+# same settings.
+WINDOW = 256
+DURABLE_TENANT = f"""\
+   streams:
+    - {{name: jobs, subjects: ["jobs.>"], retention: workqueue, storage: file, replicas: 1,
+       duplicate_window_ms: 120000}}
+   consumers:
+    - {{name: workers, stream: jobs, subject: jobs.bench, max_inflight: {WINDOW}, ack_wait_ms: 30000,
+       max_deliveries: 5}}
+"""
+
+
+def start_gateway(binary, nats_url=None, max_pending=67108864, durable=False):
     tcp, http = free_port(), free_port()
     cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     bus = f"bus: {{kind: nats, servers: [\"{nats_url}\"]}}\n" if nats_url else ""
@@ -74,10 +96,14 @@ listen: {{tcp: "127.0.0.1:{tcp}", http: "127.0.0.1:{http}"}}
 log: {{level: warn}}
 limits: {{max_pending_bytes: {max_pending}}}
 timeouts: {{goaway_delay_ms: 0, drain_ms: 1000}}
-{bus}tenants: [{{name: demo, tokens: [dev-token], limits: {{max_connections: 100000}}}}]
-""")
+{bus}tenants:
+ - name: demo
+   tokens: [dev-token]
+   limits: {{max_connections: 100000}}
+{DURABLE_TENANT if durable else ""}""")
     cfg.close()
     g = Proc([str(binary), "--config", cfg.name], ready_port=tcp)
+    g.files = [cfg.name]
     time.sleep(0.2)
     return g, f"busgate://127.0.0.1:{tcp}"
 
@@ -110,21 +136,29 @@ def main():
     ap.add_argument("--quick", action="store_true", help="the short version (under a minute)")
     ap.add_argument("--build", default="build")
     ap.add_argument("--rounds", type=int, default=0)
+    ap.add_argument("--gateway", help="the gateway binary (default: BUILD/bin/busgate)")
+    ap.add_argument("--bench", help="the busgate-bench binary (default: BUILD/bin/busgate-bench)")
+    ap.add_argument("--durable-only", action="store_true", help="only the durable work-queue workloads")
     a = ap.parse_args()
     build = (ROOT / a.build).resolve()
-    gw_bin, bench_bin = build / "bin" / "busgate", build / "bin" / "busgate-bench"
+    gw_bin = pathlib.Path(a.gateway).resolve() if a.gateway else build / "bin" / "busgate"
+    bench_bin = pathlib.Path(a.bench).resolve() if a.bench else build / "bin" / "busgate-bench"
     quick = a.quick
     rounds = a.rounds or (1 if quick else 3)
     sizes = [128] if quick else [16, 128, 1024]
     counts = {16: 2_000_000, 128: 1_000_000, 1024: 300_000} if not quick else {128: 200_000}
     secs = 1.0 if quick else 4.0
     fan_count = 20_000 if quick else 60_000
+    durable_count = 20_000 if quick else 100_000
+    durable_reps = 3 if quick and rounds == 1 else 1
 
     nats_port = free_port()
-    nats = Proc(["nats-server", "-a", "127.0.0.1", "-p", str(nats_port)], ready_port=nats_port)
+    js_dir = tempfile.mkdtemp(prefix="busgate-bench-js-")
+    nats = Proc(["nats-server", "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", js_dir],
+                ready_port=nats_port)
     nats_url = f"nats://127.0.0.1:{nats_port}"
-    gw_nats, t_nats = start_gateway(gw_bin, nats_url)
-    gw_mem, t_mem = start_gateway(gw_bin)
+    gw_nats, t_nats = start_gateway(gw_bin, nats_url, durable=True)
+    gw_mem, t_mem = start_gateway(gw_bin, durable=True)
     sides = {"direct": nats_url, "relay": t_nats, "mem": t_mem}
     results = []
     table = {}
@@ -135,7 +169,7 @@ def main():
 
     try:
         for rnd in range(rounds):
-            for size in sizes:
+            for size in ([] if a.durable_only else sizes):
                 for side, target in sides.items():  # interleaved: each round runs all three sides
                     r = bench(bench_bin, target, "pubsub", size=size, count=counts[size])
                     results.append({**r, "side": side, "round": rnd})
@@ -143,7 +177,7 @@ def main():
                     r = bench(bench_bin, target, "pub", size=size, count=counts[size])
                     results.append({**r, "side": side, "round": rnd})
                     record(side, f"publish {size}B msgs/s", r["msgs_per_sec"])
-            for side, target in sides.items():
+            for side, target in ({} if a.durable_only else sides).items():
                 r = bench(bench_bin, target, "fanout", size=128, subs=64, count=fan_count)
                 results.append({**r, "side": side, "round": rnd})
                 record(side, "fanout 1->64 128B delivered/s", r["delivered_per_sec"])
@@ -158,6 +192,19 @@ def main():
                 results.append({**r, "side": side, "round": rnd})
                 record(side, "open loop 2000/s p50 us", r["p50_us"])
                 record(side, "open loop 2000/s p99 us", r["p99_us"])
+            # Durable work queues: store N messages (window of WINDOW unacknowledged), then consume
+            # and acknowledge exactly those N (the stream is empty again after each pair). The quick
+            # run repeats its short pairs three times (the median), as one short pair is too noisy.
+            for side, target in [kv for _ in range(durable_reps) for kv in sides.items()]:
+                r = bench(bench_bin, target, "stored", size=128, count=durable_count, window=WINDOW)
+                results.append({**r, "side": side, "round": rnd})
+                record(side, "stored publish 128B msgs/s", r["msgs_per_sec"])
+                r = bench(bench_bin, target, "consume", size=128, count=durable_count, window=WINDOW,
+                          prefill=0)
+                results.append({**r, "side": side, "round": rnd})
+                record(side, "consume+ack 128B msgs/s", r["msgs_per_sec"])
+        if a.durable_only:
+            return report(a, rounds, sizes, table, results, None, None)
         # idle connections and slow-consumer isolation (once)
         # Idle connections on a fresh gateway and a fresh nats-server, so that memory freed by the
         # throughput runs is not reused and hidden.
@@ -188,6 +235,12 @@ def main():
     finally:
         for p in (gw_mem, gw_nats, *extra, nats):
             p.stop()
+        shutil.rmtree(js_dir, ignore_errors=True)
+    return report(a, rounds, sizes, table, results, idle, iso)
+
+
+def report(a, rounds, sizes, table, results, idle, iso):
+    quick = a.quick
 
     def m(key, side):
         return median(table[key][side])
@@ -196,14 +249,40 @@ def main():
     print(f"{'measure':34} {'direct NATS':>14} {'gw on NATS':>14} {'gw memory':>14}")
     for key in table:
         print(f"{key:34} {m(key, 'direct'):14.1f} {m(key, 'relay'):14.1f} {m(key, 'mem'):14.1f}")
-    print(f"{'idle KiB/connection':34} {idle['nats-server']['kib_per_conn']:14.1f} {'':>14} {idle['gateway']['kib_per_conn']:14.1f}")
-    print(f"{'isolation (healthy w/ stalled / w/o)':34} {iso['direct']['isolation']:14.2f} "
-          f"{iso['relay']['isolation']:14.2f} {iso['mem']['isolation']:14.2f}")
+    headline = {}
+    if idle and iso:
+        print(f"{'idle KiB/connection':34} {idle['nats-server']['kib_per_conn']:14.1f} {'':>14} {idle['gateway']['kib_per_conn']:14.1f}")
+        print(f"{'isolation (healthy w/ stalled / w/o)':34} {iso['direct']['isolation']:14.2f} "
+              f"{iso['relay']['isolation']:14.2f} {iso['mem']['isolation']:14.2f}")
+        headline = core_headline(m, sizes, idle, iso)
+    headline["D_pub"] = m("stored publish 128B msgs/s", "relay") / m("stored publish 128B msgs/s", "direct")
+    headline["D_consume"] = m("consume+ack 128B msgs/s", "relay") / m("consume+ack 128B msgs/s", "direct")
+    # A delivery run that lost messages measured something else (a subscriber cut off): say so.
+    lossy = [r for r in results if r.get("lost")]
+    for r in lossy:
+        print(f"WARNING: {r['side']} {r['workload']} {r.get('size', '')}B lost {r['lost']} messages")
+    headline["LOSSY_RUNS"] = len(lossy)
+    # A stored-publish run with refused messages, or a consume run with redeliveries, measured
+    # something else too.
+    for r in results:
+        if r.get("errors") or r.get("redelivered"):
+            print(f"WARNING: {r['side']} {r['workload']}: {r.get('errors', 0)} not stored, "
+                  f"{r.get('redelivered', 0)} redelivered")
+    print()
+    for k, v in headline.items():
+        print(f"{k}={v:.2f}")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    kind = ("durable-" if a.durable_only else "") + ("quick" if quick else "full")
+    (out / f"{kind}-{stamp}.json").write_text(json.dumps({"headline": headline, "results": results}, indent=1))
 
+
+def core_headline(m, sizes, idle, iso):
     t_mem_ratio = gmean([m(f"pubsub {s}B msgs/s", "mem") / m(f"pubsub {s}B msgs/s", "direct") for s in sizes])
     t_relay_ratio = gmean([m(f"pubsub {s}B msgs/s", "relay") / m(f"pubsub {s}B msgs/s", "direct") for s in sizes])
     fan = "fanout 1->64 128B delivered/s"
-    headline = {
+    return {
         "T_mem": t_mem_ratio,
         "T_relay": t_relay_ratio,
         "FANOUT_relay": m(fan, "relay") / m(fan, "direct"),
@@ -214,19 +293,6 @@ def main():
         "KIB_PER_CONN_nats": idle["nats-server"]["kib_per_conn"],
         "I": min(iso["mem"]["isolation"], iso["relay"]["isolation"]),
     }
-    # A delivery run that lost messages measured something else (a subscriber cut off): say so.
-    lossy = [r for r in results if r.get("lost")]
-    for r in lossy:
-        print(f"WARNING: {r['side']} {r['workload']} {r.get('size', '')}B lost {r['lost']} messages")
-    headline["LOSSY_RUNS"] = len(lossy)
-    print()
-    for k, v in headline.items():
-        print(f"{k}={v:.2f}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"{'quick' if quick else 'full'}-{stamp}.json").write_text(
-        json.dumps({"headline": headline, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,191 @@
+#pragma once
+// Shared parts of busgate-bench: options, output, a raw-frame busgate connection, a cnats connection.
+#include <arpa/inet.h>
+#include <nats/nats.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include "busgate/protocol/codec.hpp"
+#include "busgate/protocol/stream.hpp"
+
+namespace busgate::bench {
+
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::string target;
+  std::string workload = "pubsub";
+  size_t size = 128;
+  uint64_t count = 200000;
+  int subs = 1;
+  double seconds = 3;
+  double rate = 5000;
+  int conns = 1000;
+  int server_pid = 0;
+  std::string token = "dev-token";
+  std::string subject = "bench.x";
+  std::string responder;  // where the request/reply responder connects (default: the target)
+  // durable workloads (stored, consume)
+  uint32_t window = 256;         // unacknowledged messages in flight
+  int64_t prefill = -1;          // consume: messages stored before consuming (-1: --count)
+  std::string stream = "BENCHDIRECT";  // direct target: the JetStream stream the workloads create
+  std::string durable = "workers";     // the durable consumer's name
+  std::string direct_mode = "inbox";   // stored, direct target: inbox (PubAcks counted) | async
+  bool subject_given = false;
+};
+
+inline double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+inline void emit(const Options& o, const std::string& fields) {
+  std::printf("{\"target\":\"%s\",\"workload\":\"%s\",\"size\":%zu,%s}\n", o.target.c_str(), o.workload.c_str(), o.size,
+              fields.c_str());
+  std::fflush(stdout);
+}
+
+// ------------------------------------------------------------------ busgate side (raw frames)
+
+class BgConn {
+ public:
+  BgConn(const std::string& host, int port, const std::string& token, size_t rcvbuf = 0) : parser_(1 << 20) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    if (rcvbuf) {
+      int v = static_cast<int>(rcvbuf);
+      setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
+    }
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    inet_pton(AF_INET, host.c_str(), &a.sin_addr);
+    if (connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw std::runtime_error("connect failed");
+    int one = 1;
+    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    proto::Hello h;
+    h.versions = {1};
+    h.auth.type = proto::mp::Type::map;
+    proto::mp::Value m, t;
+    m.type = t.type = proto::mp::Type::str;
+    m.s = "token";
+    t.s = token;
+    h.auth.map.push_back({"method", m});
+    h.auth.map.push_back({"token", t});
+    std::string out;
+    proto::encode_framed(h, out);
+    send_all(out);
+    proto::Frame f;
+    if (!next(f) || !std::holds_alternative<proto::Welcome>(f)) throw std::runtime_error("no WELCOME");
+    parser_.set_max_frame(1 << 21);
+  }
+  ~BgConn() { close(fd_); }
+
+  void send_all(std::string_view data) {
+    while (!data.empty()) {
+      const ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n <= 0) throw std::runtime_error("send failed");
+      data.remove_prefix(static_cast<size_t>(n));
+    }
+  }
+  // Blocks for the next frame; false on close.
+  bool next(proto::Frame& f) {
+    while (!buffered(f))
+      if (!fill()) return false;
+    return true;
+  }
+  // The next frame among the bytes already received, without reading; false when none is complete.
+  // The frame's views are valid until the next call.
+  bool buffered(proto::Frame& f) {
+    for (;;) {
+      std::string_view body;
+      const auto st = parser_.next(body);
+      if (st == proto::FrameParser::Status::error) throw std::runtime_error("stream error");
+      if (st != proto::FrameParser::Status::frame) return false;
+      body_copy_.assign(body);
+      auto r = proto::decode(body_copy_, proto::Origin::gateway, f);
+      if (!r.has_frame) throw std::runtime_error("undecodable frame: " + r.detail);
+      if (!std::holds_alternative<proto::Ping>(f)) return true;
+      std::string pong;
+      proto::encode_framed(proto::Pong{}, pong);
+      send_all(pong);
+    }
+  }
+  // One read of whatever the socket has (blocking until something arrives); false on close.
+  bool fill() {
+    char* p = parser_.prepare(1 << 16);
+    const ssize_t n = ::recv(fd_, p, 1 << 16, 0);
+    if (n <= 0) return false;
+    parser_.commit(static_cast<size_t>(n));
+    return true;
+  }
+  void sub(uint32_t sid, const std::string& subject) {
+    std::string out;
+    proto::encode_framed(proto::Sub{sid, subject, std::nullopt, {}}, out);
+    send_all(out);
+    proto::Frame f;
+    while (next(f))
+      if (std::holds_alternative<proto::Ok>(f)) return;
+    throw std::runtime_error("no OK for SUB");
+  }
+  void flush() {
+    std::string out;
+    proto::encode_framed(proto::Ping{}, out);
+    send_all(out);
+    proto::Frame f;
+    while (next(f))
+      if (std::holds_alternative<proto::Pong>(f)) return;
+  }
+  int fd() const { return fd_; }
+
+ private:
+  int fd_;
+  proto::FrameParser parser_;
+  std::string body_copy_;
+};
+
+inline void parse_hostport(const std::string& url, std::string& host, int& port) {
+  const auto p = url.find("://");
+  const auto rest = url.substr(p + 3);
+  const auto c = rest.rfind(':');
+  host = rest.substr(0, c);
+  if (host == "localhost") host = "127.0.0.1";
+  port = std::stoi(rest.substr(c + 1));
+}
+
+inline std::unique_ptr<BgConn> bg_connect(const std::string& url, const std::string& token, size_t rcvbuf = 0) {
+  std::string host;
+  int port = 0;
+  parse_hostport(url, host, port);
+  return std::make_unique<BgConn>(host, port, token, rcvbuf);
+}
+
+// ------------------------------------------------------------------ NATS side (cnats)
+
+inline natsConnection* nats_connect(const std::string& url, bool asap) {
+  natsOptions* o = nullptr;
+  natsOptions_Create(&o);
+  natsOptions_SetURL(o, url.c_str());
+  natsOptions_SetSendAsap(o, asap);
+  natsConnection* nc = nullptr;
+  if (natsConnection_Connect(&nc, o) != NATS_OK) throw std::runtime_error("cannot connect to " + url);
+  natsOptions_Destroy(o);
+  return nc;
+}
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+// Durable work queues (bench/durable_bench.cpp).
+void workload_stored(const Options& o);
+void workload_consume(const Options& o);
+
+}  // namespace busgate::bench
