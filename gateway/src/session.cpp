@@ -505,43 +505,53 @@ void Session::deliver(SubState& sub, const BusMessagePtr& m) {
     for (const auto& d : sub.deny)
       if (proto::subject_matches(d, *subject)) return;
   }
+  queue_msg(sub, *m, *subject, false, 0, 0);
+}
+
+bool Session::queue_msg(SubState& sub, const BusMessage& m, std::string_view subject, bool durable,
+                        uint64_t delivery_id, uint32_t attempt) {
   bool last = false;
   if (sub.remaining.load(std::memory_order_relaxed) != 0) {
     const uint64_t before = sub.remaining.fetch_sub(1);
-    if (before == 0) return;  // raced past the limit
+    if (before == 0) return false;  // raced past the limit
     last = before == 1;
     if (last) sub.live.store(false);
   }
+  bool queued = false;
   {
     std::unique_lock lk(out_mu_);
-    if (state_.load() == State::closed || closing_) return;
-    const std::string reply = map_reply_locked(std::string(m->reply_to), sub.own_prefix);
+    if (state_.load() == State::closed || closing_) return false;
+    // A durable delivery is answered with ACK: it carries no reply subject (docs/protocol.md 16.2).
+    const std::string reply = durable ? std::string{} : map_reply_locked(std::string(m.reply_to), sub.own_prefix);
     const size_t before = out_buf_.size();
-    proto::encode_msg_framed(out_buf_, sub.sid, *subject, m->payload, m->headers, reply);
+    proto::encode_msg_framed(out_buf_, sub.sid, subject, m.payload, m.headers, reply, delivery_id, attempt);
     const size_t n = out_buf_.size() - before;
     if (n > max_frame_ + 4) {
       out_buf_.resize(before);
       proto::encode_err_framed(out_buf_, Code::payload_too_large,
-                               "a message of " + std::to_string(n - 4) + " bytes on '" + subject->substr(0, 64) +
-                                   "' is above max_frame and was not delivered",
+                               "a message of " + std::to_string(n - 4) + " bytes on '" +
+                                   std::string(subject.substr(0, 64)) + "' is above max_frame and was not delivered",
                                4, sub.sid);
       server_.metrics().count_error(Code::payload_too_large);
       schedule_flush_locked();
     } else if (!admit_locked(0)) {
       out_buf_.resize(before);
     } else {
+      queued = true;
       msgs_out_.fetch_add(1, std::memory_order_relaxed);
       bytes_out_.fetch_add(n, std::memory_order_relaxed);
       tenant_->msgs_out.fetch_add(1, std::memory_order_relaxed);
-      tenant_->bytes_out.fetch_add(m->payload.size(), std::memory_order_relaxed);
+      tenant_->bytes_out.fetch_add(m.payload.size(), std::memory_order_relaxed);
       schedule_flush_locked();
-      stall_producer_locked(lk);
+      // Producer flow control; not for durable deliveries, whose pace is the consumer's window.
+      if (!durable) stall_producer_locked(lk);
     }
   }
   if (last) {
     const uint32_t sid = sub.sid;
     asio::post(ex_, [self = shared_from_this(), sid] { self->remove_sub(sid); });
   }
+  return queued;
 }
 
 void Session::stall_producer_locked(std::unique_lock<std::mutex>& lk) {

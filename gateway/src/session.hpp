@@ -101,6 +101,10 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Outbound (any thread): encode into the queue under out_mu_, then make sure a flush is coming.
   void deliver(SubState& sub, const BusMessagePtr& m);
+  // Encodes a MSG into the outbound queue; false when it was not queued (closing, above max_frame:
+  // ERR PAYLOAD_TOO_LARGE instead, or over the outbound bound).
+  bool queue_msg(SubState& sub, const BusMessage& m, std::string_view subject, bool durable, uint64_t delivery_id,
+                 uint32_t attempt);
   void send_err(proto::Code code, std::string_view message, uint64_t ref_op = 0, uint64_t ref_id = 0);
   void send_ok(uint64_t ref_op, uint64_t ref_id);
   void send_res(uint32_t req_id, proto::Code status, std::string_view message);

@@ -224,47 +224,8 @@ void Session::finish_durable_sub(const std::shared_ptr<SubState>& st, Code code,
 }
 
 bool Session::deliver_durable(SubState& sub, const BusMessagePtr& m, uint64_t delivery_id, uint32_t attempt) {
-  auto subject = map_back(sub.mapping, m->subject);
-  if (!subject) return false;
-  bool last = false;
-  if (sub.remaining.load(std::memory_order_relaxed) != 0) {
-    const uint64_t before = sub.remaining.fetch_sub(1);
-    if (before == 0) return false;
-    last = before == 1;
-    if (last) sub.live.store(false);
-  }
-  {
-    std::unique_lock lk(out_mu_);
-    if (state_.load() == State::closed || closing_) return false;
-    // A stored message has no reply subject: a durable delivery is answered with ACK, not a reply.
-    const size_t before = out_buf_.size();
-    proto::encode_msg_framed(out_buf_, sub.sid, *subject, m->payload, m->headers, {}, delivery_id, attempt);
-    const size_t n = out_buf_.size() - before;
-    if (n > max_frame_ + 4) {
-      out_buf_.resize(before);
-      proto::encode_err_framed(out_buf_, Code::payload_too_large,
-                               "a message of " + std::to_string(n - 4) + " bytes on '" + subject->substr(0, 64) +
-                                   "' is above max_frame and was not delivered",
-                               4, sub.sid);
-      server_.metrics().count_error(Code::payload_too_large);
-      schedule_flush_locked();
-      return false;
-    }
-    if (!admit_locked(0)) {
-      out_buf_.resize(before);
-      return false;
-    }
-    msgs_out_.fetch_add(1, std::memory_order_relaxed);
-    bytes_out_.fetch_add(n, std::memory_order_relaxed);
-    tenant_->msgs_out.fetch_add(1, std::memory_order_relaxed);
-    tenant_->bytes_out.fetch_add(m->payload.size(), std::memory_order_relaxed);
-    schedule_flush_locked();
-  }
-  if (last) {
-    const uint32_t sid = sub.sid;
-    asio::post(ex_, [self = shared_from_this(), sid] { self->remove_sub(sid); });
-  }
-  return true;
+  const auto subject = map_back(sub.mapping, m->subject);
+  return subject && queue_msg(sub, *m, *subject, true, delivery_id, attempt);
 }
 
 void Session::on_settle(uint64_t op, uint32_t sid, uint64_t delivery_id, uint64_t delay_ms, std::string_view reason) {
