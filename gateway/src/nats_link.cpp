@@ -13,6 +13,7 @@
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
+#include <array>
 #include <charconv>
 #include <condition_variable>
 #include <cstring>
@@ -25,6 +26,7 @@
 
 #include "config.hpp"
 #include "nats_auth.hpp"
+#include "nats_parser.hpp"
 
 namespace busgate::gw {
 
@@ -44,7 +46,6 @@ constexpr size_t kHardQueued = 64u << 20;
 constexpr size_t kKeepBuffer = 1u << 20;
 constexpr int kMaxRefusedWaitMs = 5000;
 constexpr size_t kReadChunk = 256u << 10;
-constexpr size_t kMaxControlLine = 64u << 10;
 
 struct ServerUrl {
   std::string text;  // as configured or announced
@@ -94,26 +95,6 @@ ServerUrl parse_url(const std::string& s) {
   return u;
 }
 
-// Splits a protocol line's arguments on spaces and tabs; at most `max` of them.
-size_t split_args(std::string_view line, std::string_view* out, size_t max) {
-  size_t n = 0, i = 0;
-  while (i < line.size()) {
-    while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
-    if (i >= line.size()) break;
-    size_t j = i;
-    while (j < line.size() && line[j] != ' ' && line[j] != '\t') ++j;
-    if (n == max) return max + 1;
-    out[n++] = line.substr(i, j - i);
-    i = j;
-  }
-  return n;
-}
-
-bool to_size(std::string_view s, size_t& v) {
-  const auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  return ec == std::errc{} && ptr == s.data() + s.size();
-}
-
 void append_num(std::string& out, size_t v) {
   char buf[24];
   const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
@@ -147,13 +128,6 @@ void append_sub(std::string& out, std::string_view subject, std::string_view que
   out.append("\r\n"sv);
 }
 
-// The text of a "-ERR 'message'" line.
-std::string_view err_text(std::string_view line) {
-  line.remove_prefix(std::min<size_t>(4, line.size()));
-  while (!line.empty() && line.front() == ' ') line.remove_prefix(1);
-  return line;
-}
-
 bool is_ip(const std::string& host) {
   error_code ec;
   asio::ip::make_address(host, ec);
@@ -185,6 +159,9 @@ struct NatsLink::Impl {
   ServerUrl current;
   uint64_t gen = 0;  // bumped when a connection ends; handlers of older connections do nothing
   std::string hs;    // handshake reads
+  std::array<char, 4096> hs_chunk{};
+  bool info_seen = false;  // the current connection's first INFO arrived
+  NatsParser parser;  // the server's protocol messages, in `hs` during the handshake, then in `rbuf`
   std::string nonce;
   bool server_tls_required = false;  // from the server's INFO
   std::vector<char> rbuf;
@@ -260,6 +237,7 @@ struct NatsLink::Impl {
     current = pool[next_server++ % pool.size()];
     hs.clear();
     nonce.clear();
+    info_seen = false;
     rbeg = rend = 0;
     old_tls = std::move(tls);
     old_sock = std::move(sock);
@@ -277,10 +255,9 @@ struct NatsLink::Impl {
         if (ec2) return fail(g, ec2.message());
         sock->set_option(tcp::no_delay(true), ec2);
         phase = "connected, but no INFO from the server (not a NATS server?)";
-        asio::async_read_until(*sock, asio::dynamic_buffer(hs), "\r\n", [this, g](error_code ec3, size_t n) {
-          if (g != gen) return;
-          if (ec3) return fail(g, "no INFO from the server: " + ec3.message());
-          on_info(g, n);
+        handshake_items(g, "no INFO from the server: ", [this, g](NatsOp op, const std::string& text) {
+          on_info(g, op, text);
+          return false;
         });
       });
     });
@@ -301,8 +278,10 @@ struct NatsLink::Impl {
     }
     const auto tls_it = info.find("tls_required");
     server_tls_required = tls_it != info.end() && tls_it->is_boolean() && tls_it->get<bool>();
-    if (auto it = info.find("max_payload"); it != info.end() && it->is_number_integer())
+    if (auto it = info.find("max_payload"); it != info.end() && it->is_number_integer()) {
       max_payload.store(it->get<int64_t>());
+      parser.set_max_payload(it->get<int64_t>());
+    }
     if (auto it = info.find("nonce"); it != info.end() && it->is_string()) nonce = it->get<std::string>();
     if (auto it = info.find("connect_urls"); it != info.end() && it->is_array()) {
       for (const auto& u : *it) {
@@ -324,11 +303,46 @@ struct NatsLink::Impl {
     return true;
   }
 
-  void on_info(uint64_t g, size_t n) {
-    const std::string line = hs.substr(0, n - 2);
-    hs.erase(0, n);
-    if (!line.starts_with("INFO ")) return fail(g, "the server did not start with INFO (not a NATS server?)");
-    if (std::string why; !apply_info(std::string_view(line).substr(5), &why)) return fail(g, "malformed INFO: " + why);
+  // Hands the handshake's protocol messages to `fn` (their kind, and the INFO or -ERR text) as they
+  // arrive in `hs`, reading more as needed, for as long as `fn` returns true. Reads are bounded by
+  // the parser's limits; a protocol error, or a read error (reported after `read_failure`), fails the
+  // attempt.
+  using HandshakeFn = std::function<bool(NatsOp, const std::string&)>;
+  void handshake_items(uint64_t g, std::string read_failure, HandshakeFn fn) {
+    for (bool more = true; more;) {
+      NatsItem item;
+      switch (parser.next(hs, item)) {
+        case NatsParse::item: {
+          const NatsOp op = item.op;
+          const std::string text(item.text);
+          hs.erase(0, parser.consumed());
+          if (!fn(op, text)) return;
+          break;
+        }
+        case NatsParse::error:
+          return fail(g, (info_seen ? "protocol error from the server: "
+                                    : "the server did not start with INFO (not a NATS server?): ") +
+                             parser.error());
+        case NatsParse::need_more:
+          more = false;
+          break;
+      }
+    }
+    with_stream([&](auto& s) {
+      s.async_read_some(asio::buffer(hs_chunk),
+                        [this, g, why = std::move(read_failure), fn = std::move(fn)](error_code ec, size_t n) mutable {
+                          if (g != gen) return;
+                          if (ec) return fail(g, why + ec.message());
+                          hs.append(hs_chunk.data(), n);
+                          handshake_items(g, std::move(why), std::move(fn));
+                        });
+    });
+  }
+
+  void on_info(uint64_t g, NatsOp op, const std::string& text) {
+    if (op != NatsOp::info) return fail(g, "the server did not start with INFO (not a NATS server?)");
+    info_seen = true;
+    if (std::string why; !apply_info(text, &why)) return fail(g, "malformed INFO: " + why);
     const bool use_tls = current.tls || server_tls_required || !opt.tls_ca.empty() || !opt.tls_cert.empty();
     phase = use_tls ? "no TLS handshake" : "no answer to CONNECT";
     if (!use_tls) return send_connect(g, false);
@@ -385,21 +399,20 @@ struct NatsLink::Impl {
   }
 
   void read_handshake_line(uint64_t g) {
-    with_stream([&](auto& s) {
-      asio::async_read_until(s, asio::dynamic_buffer(hs), "\r\n", [this, g](error_code ec, size_t n) {
-        if (g != gen) return;
-        if (ec) return fail(g, "the server closed the connection during the handshake: " + ec.message());
-        const std::string line = hs.substr(0, n - 2);
-        hs.erase(0, n);
-        if (line == "PONG") return on_ready(g);
-        if (line.starts_with("-ERR")) {
-          refused = true;
-          return fail(g, "the server refused the connection: " + std::string(err_text(line)));
-        }
-        if (line.starts_with("INFO ")) apply_info(std::string_view(line).substr(5));  // malformed: ignored
-        read_handshake_line(g);  // +OK, PING, INFO
-      });
-    });
+    handshake_items(g, "the server closed the connection during the handshake: ",
+                    [this, g](NatsOp op, const std::string& text) {
+                      if (op == NatsOp::pong) {
+                        on_ready(g);
+                        return false;
+                      }
+                      if (op == NatsOp::err) {
+                        refused = true;
+                        fail(g, "the server refused the connection: " + text);
+                        return false;
+                      }
+                      if (op == NatsOp::info) apply_info(text);
+                      return true;  // +OK, PING, INFO
+                    });
   }
 
   void on_ready(uint64_t g) {
@@ -540,77 +553,60 @@ struct NatsLink::Impl {
     if (rbuf.size() < need) rbuf.resize(need + kReadChunk);
   }
 
-  // Handles every complete protocol message in the buffer. False when the connection was failed.
+  // Handles every complete protocol message in the buffer. False when the connection was failed (a
+  // protocol error from the server: logged, and the link reconnects).
   bool parse(uint64_t g) {
+    NatsItem m;
     while (rbeg < rend) {
-      const char* p = rbuf.data() + rbeg;
-      const size_t avail = rend - rbeg;
-      const char* nl = static_cast<const char*>(std::memchr(p, '\n', avail));
-      if (!nl) {
-        if (avail > kMaxControlLine) {
-          fail(g, "a protocol line longer than 64 KiB");
-          return false;
-        }
+      const NatsParse r = parser.next(std::string_view(rbuf.data() + rbeg, rend - rbeg), m);
+      if (r == NatsParse::need_more) {
+        if (const size_t need = parser.needed(); need > 0 && rbuf.size() - rbeg < need) reserve_for(need);
         break;
       }
-      const size_t line_len = static_cast<size_t>(nl - p) + 1;
-      std::string_view line(p, line_len - 1);
-      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-      const char op = static_cast<char>(p[0] & ~0x20);  // upper case
-      if (op == 'M' || op == 'H') {
-        const bool hmsg = op == 'H';
-        std::string_view a[6];
-        const size_t n = split_args(line.substr(hmsg ? 4 : 3), a, 5);
-        NatsInbound m;
-        size_t hdr = 0, total = 0;
-        bool ok = n >= (hmsg ? 4u : 3u) && n <= (hmsg ? 5u : 4u) && to_size(a[1], m.sid);
-        if (ok) {
-          m.subject = a[0];
-          const bool has_reply = n == (hmsg ? 5u : 4u);
-          if (has_reply) m.reply = a[2];
-          if (hmsg) ok = to_size(a[n - 2], hdr) && to_size(a[n - 1], total) && hdr <= total;
-          else ok = to_size(a[n - 1], total);
-        }
-        if (!ok) {
-          fail(g, "malformed " + std::string(hmsg ? "HMSG" : "MSG") + " line from the server");
-          return false;
-        }
-        const size_t need = line_len + total + 2;
-        if (avail < need) {
-          if (rbuf.size() - rbeg < need) reserve_for(need);
+      if (r == NatsParse::error) {
+        fail(g, "protocol error from the server: " + parser.error());
+        return false;
+      }
+      rbeg += parser.consumed();
+      switch (m.op) {
+        case NatsOp::msg:
+        case NatsOp::hmsg: {
+          NatsInbound in;
+          in.sid = m.sid;
+          in.subject = m.subject;
+          in.reply = m.reply;
+          in.headers = m.headers;
+          in.payload = m.payload;
+          on_msg(in);
           break;
         }
-        const char* body = p + line_len;
-        m.headers = std::string_view(body, hdr);
-        m.payload = std::string_view(body + hdr, total - hdr);
-        rbeg += need;
-        on_msg(m);
-        continue;
-      }
-      rbeg += line_len;
-      if (line == "PING" || line == "ping") {
-        std::lock_guard lk(mu);
-        out.append("PONG\r\n");
-        kick_locked();
-      } else if (line == "PONG" || line == "pong") {
-        pings_out = 0;
-        DoneFn fn;
-        {
+        case NatsOp::ping: {
           std::lock_guard lk(mu);
-          if (!pongs.empty()) {
-            fn = std::move(pongs.front());
-            pongs.pop_front();
-          }
+          out.append("PONG\r\n");
+          kick_locked();
+          break;
         }
-        if (fn) fn(true);
-      } else if (line.starts_with("INFO ")) {
-        apply_info(line.substr(5));  // a malformed update is ignored
-      } else if (line.starts_with("-ERR")) {
-        spdlog::warn("nats: the server reports: {}", err_text(line));
-      } else if (line.starts_with("+OK")) {
-      } else {
-        fail(g, "unexpected line from the server: " + std::string(line.substr(0, 64)));
-        return false;
+        case NatsOp::pong: {
+          pings_out = 0;
+          DoneFn fn;
+          {
+            std::lock_guard lk(mu);
+            if (!pongs.empty()) {
+              fn = std::move(pongs.front());
+              pongs.pop_front();
+            }
+          }
+          if (fn) fn(true);
+          break;
+        }
+        case NatsOp::info:
+          apply_info(m.text);  // the parser checked the JSON; what apply_info cannot use is ignored
+          break;
+        case NatsOp::err:
+          spdlog::warn("nats: the server reports: {}", m.text);
+          break;
+        case NatsOp::ok:
+          break;
       }
     }
     return true;
@@ -773,7 +769,22 @@ NatsLink::~NatsLink() {
 bool NatsLink::start(std::chrono::milliseconds wait) {
   Impl& i = *impl_;
   i.work.emplace(i.io.get_executor());
-  i.thread = std::thread([&i] { i.io.run(); });
+  i.thread = std::thread([&i] {
+    // Nothing escapes the link thread: an exception from a handler ends the current connection (the
+    // link reconnects) and the thread goes on.
+    for (;;) {
+      try {
+        i.io.run();
+        return;
+      } catch (const std::exception& e) {
+        spdlog::error("nats: connection '{}': {}", i.opt.name, e.what());
+      } catch (...) {
+        spdlog::error("nats: connection '{}': unknown exception", i.opt.name);
+      }
+      if (i.stopping) return;
+      asio::post(i.io, [&i] { i.fail(i.gen, "the connection was reset after an internal error"); });
+    }
+  });
   asio::post(i.io, [&i] { i.connect_next(); });
   std::unique_lock lk(i.mu);
   i.cv.wait_for(lk, wait, [&] { return i.first_attempt_done; });
