@@ -1,5 +1,6 @@
 #include "nats_bus.hpp"
 
+#include <algorithm>
 #include <spdlog/spdlog.h>
 
 #include <charconv>
@@ -37,7 +38,8 @@ std::string_view trim(std::string_view s) {
 
 BusMessagePtr to_bus_message(const NatsInbound& m, std::string_view* status = nullptr) {
   thread_local std::string headers;
-  const std::string_view st = from_nats_headers(m.headers, headers);
+  // A stored publish's idempotency key is the gateway's, not the publisher's header.
+  const std::string_view st = from_nats_headers(m.headers, headers, false, true);
   if (status) *status = st;
   return std::make_shared<const BusMessage>(m.subject, m.reply, headers, m.payload);
 }
@@ -80,7 +82,7 @@ void to_nats_headers(std::string_view packed, std::string& out) {
   out.append("\r\n"sv);
 }
 
-std::string_view from_nats_headers(std::string_view block, std::string& out, bool drop_nats) {
+std::string_view from_nats_headers(std::string_view block, std::string& out, bool drop_nats, bool drop_msg_id) {
   out.clear();
   std::string_view status;
   thread_local std::vector<std::pair<std::string_view, std::string_view>> kv;
@@ -106,6 +108,9 @@ std::string_view from_nats_headers(std::string_view block, std::string& out, boo
     const std::string_view v = trim(line.substr(colon + 1));
     if (drop_nats && k.size() > 5 && (k[0] | 0x20) == 'n' && (k[1] | 0x20) == 'a' && (k[2] | 0x20) == 't' &&
         (k[3] | 0x20) == 's' && k[4] == '-')
+      continue;
+    if (drop_msg_id && k.size() == 11 &&
+        std::equal(k.begin(), k.end(), "nats-msg-id", [](char a, char b) { return (a | 0x20) == b; }))
       continue;
     bool seen = false;
     for (const auto& p : kv) seen = seen || p.first == k;

@@ -25,7 +25,9 @@ void to_nats_headers(std::string_view packed, std::string& out);
 // NATS header block → msgpack map (the first value of each key), into `out`; returns the status
 // code on the version line ("503" for no responders), empty for none. `drop_nats`: leave out the
 // server's own "Nats-" headers (a stored message's Nats-Msg-Id).
-std::string_view from_nats_headers(std::string_view block, std::string& out, bool drop_nats = false);
+// `drop_msg_id`: leave out `Nats-Msg-Id` (the idempotency key the gateway sets on stored publishes).
+std::string_view from_nats_headers(std::string_view block, std::string& out, bool drop_nats = false,
+                                   bool drop_msg_id = false);
 
 class NatsBus final : public Bus {
  public:

@@ -33,8 +33,18 @@ namespace {
 
 constexpr uint64_t kApiSid = NatsJetStream::kSidBase;
 constexpr auto kApiTimeout = 5s;     // a JetStream API answer, or a PubAck
-constexpr auto kPullExpires = 5s;    // a pull request's life on the server
-constexpr auto kStallGrace = 2s;     // past that with no word from the server, the requests were lost
+// A pull request's life on the server, and the idle heartbeat it asks for: the server sends a
+// status 100 on the inbox at least that often while the request waits, so a request lost with a
+// server (a restart, a cluster failover) is noticed after kStallBeats heartbeats of silence. The
+// expiry is long because a request that expires just as a redelivery is handed out can cost that
+// redelivery (see JsSub). Until the server has sent a heartbeat (one that ignores the field sends
+// none), and with servers that refuse heartbeats in pull requests, requests expire after
+// kPullExpiresNoBeat and a lost one is noticed kStallGrace after it should have expired.
+constexpr auto kPullExpires = 30s;
+constexpr auto kPullHeartbeat = 1s;
+constexpr int kStallBeats = 2;
+constexpr auto kPullExpiresNoBeat = 5s;
+constexpr auto kStallGrace = 2s;
 constexpr auto kRetireFor = 5s;      // a replaced inbox still releases stragglers this long
 constexpr auto kPullRetry = 1s;      // after a refused pull request
 constexpr auto kDeadLetterRetry = 5s;  // NAK delay when a dead letter could not be stored
@@ -243,6 +253,28 @@ struct NatsJetStream::Impl : std::enable_shared_from_this<Impl> {
   std::unordered_map<uint64_t, Route> routes;  // NATS sid → subscription
   std::unordered_set<std::shared_ptr<JsSub>> live;
 
+  // ---- which subscription of this node holds a delivery: stat_key → stream sequence → holder
+  struct Holder {
+    JsSub* raw = nullptr;
+    std::weak_ptr<JsSub> sub;
+  };
+  std::mutex hold_mu;
+  std::unordered_map<std::string, std::unordered_map<uint64_t, Holder>> holders;
+
+  // ---- deliveries released by closed subscriptions, waiting for the waiting-request purge
+  struct Release {
+    std::atomic<bool> sent{false};
+    std::vector<std::string> acks;
+  };
+  std::mutex rel_mu;
+  std::unordered_set<std::shared_ptr<Release>> releases;
+
+  // False once a server refused a pull request with an idle heartbeat (pulls then expire sooner).
+  std::atomic<bool> heartbeats{true};
+  // True once the server (since the last connect) sent an idle heartbeat to a pull request.
+  std::atomic<bool> heard_beat{false};
+  std::atomic<bool> stopped{false};
+
   // ---- statistics
   std::mutex stats_mu;
   std::condition_variable stats_cv;
@@ -275,6 +307,14 @@ struct NatsJetStream::Impl : std::enable_shared_from_this<Impl> {
       tick_cv.notify_all();
     }
     if (ticker.joinable()) ticker.join();
+    stopped = true;
+    // Releases still waiting for their purge go out now, while the link is there.
+    std::vector<std::shared_ptr<Release>> rel;
+    {
+      std::lock_guard lk(rel_mu);
+      rel.assign(releases.begin(), releases.end());
+    }
+    for (auto& r : rel) release_now(r);
     // Break the reference cycles (callbacks and routes hold the engine and its subscriptions).
     std::unordered_map<uint64_t, Waiting> w;
     std::unordered_map<uint64_t, Route> r;
@@ -293,15 +333,18 @@ struct NatsJetStream::Impl : std::enable_shared_from_this<Impl> {
   // ---------------------------------------------------------------- requests
 
   // Publishes with a reply subject in the API inbox; `fn` gets the answer, a timeout or the link's
-  // refusal, once (unless it returns false for a message that was not the answer).
-  void request(std::string_view subject, std::string_view headers, std::string_view payload, ApiFn fn) {
+  // refusal, once (unless it returns false for a message that was not the answer). `now`: written
+  // from this thread when the link is idle (API calls); otherwise with the link's next batch (stored
+  // publishes: a client's PUBs of one read go out in one write).
+  void request(std::string_view subject, std::string_view headers, std::string_view payload, ApiFn fn,
+               bool now = true) {
     const uint64_t token = next_token.fetch_add(1);
     const std::string reply = api_prefix + std::to_string(token);
     {
       std::lock_guard lk(api_mu);
       waiting.emplace(token, Waiting{std::move(fn), Clock::now() + kApiTimeout});
     }
-    const Code c = link.publish(subject, reply, headers, payload, true);
+    const Code c = link.publish(subject, reply, headers, payload, now);
     if (c == Code::ok) return;
     ApiFn f;
     {
@@ -599,6 +642,63 @@ struct NatsJetStream::Impl : std::enable_shared_from_this<Impl> {
 
   void nak_raw(std::string_view ack) { link.publish(ack, {}, {}, "-NAK", true); }
 
+  // Releases (NAKs) deliveries of a subscription that ended with pull requests still waiting on the
+  // server for its inbox, once JetStream has dropped those requests (see JsSub::close).
+  void release_after_purge(const ConsumerSpec& spec, std::vector<std::string> acks) {
+    auto rel = std::make_shared<Release>();
+    rel->acks = std::move(acks);
+    if (stopped.load()) return release_now(rel);
+    {
+      std::lock_guard lk(rel_mu);
+      releases.insert(rel);
+    }
+    auto self = shared_from_this();
+    // CONSUMER.INFO makes the consumer drop its waiting requests whose inbox has no subscriber
+    // (and the UNSUB went out before it on the same connection). Whatever the answer (or none in
+    // time), the deliveries are released after it.
+    consumer_info(spec.stream_bus, spec.name, [self, rel](ApiReply&) { self->release_now(rel); });
+  }
+
+  void release_now(const std::shared_ptr<Release>& rel) {
+    if (rel->sent.exchange(true)) return;
+    {
+      std::lock_guard lk(rel_mu);
+      releases.erase(rel);
+    }
+    for (const auto& a : rel->acks) nak_raw(a);
+  }
+
+  // A delivery of stream sequence `sseq` of consumer `key` reached `by` (kept: `by` hands it to its
+  // client). Returns the other subscription of this node that held an earlier delivery of it: that
+  // delivery is over (the server redelivered it), and the caller tells it so.
+  std::shared_ptr<JsSub> hand_over(const std::string& key, uint64_t sseq, const std::shared_ptr<JsSub>& by,
+                                   bool keep) {
+    std::shared_ptr<JsSub> prev;
+    std::lock_guard lk(hold_mu);
+    auto& m = holders[key];
+    auto it = m.find(sseq);
+    if (it != m.end()) {
+      if (it->second.raw != by.get()) prev = it->second.sub.lock();
+      if (keep) it->second = Holder{by.get(), by};
+      else m.erase(it);
+    } else if (keep) {
+      m.emplace(sseq, Holder{by.get(), by});
+    }
+    if (m.empty()) holders.erase(key);
+    return prev;
+  }
+
+  // `by` no longer holds a delivery of `sseq` (settled, expired, released).
+  void let_go(const std::string& key, uint64_t sseq, const JsSub* by) {
+    std::lock_guard lk(hold_mu);
+    auto k = holders.find(key);
+    if (k == holders.end()) return;
+    auto it = k->second.find(sseq);
+    if (it == k->second.end() || it->second.raw != by) return;
+    k->second.erase(it);
+    if (k->second.empty()) holders.erase(k);
+  }
+
   void route(uint64_t sid, const std::shared_ptr<JsSub>& sub) {
     std::lock_guard lk(subs_mu);
     routes[sid] = Route{sub, false, {}};
@@ -650,6 +750,28 @@ struct NatsJetStream::Impl : std::enable_shared_from_this<Impl> {
 // ------------------------------------------------------------------------------------------------
 
 // One durable subscription: a pull consumer client on its own inbox.
+//
+// Attempts. The attempt a client sees is JetStream's delivery count, and the server counts every
+// delivery it makes, whether or not a client got it. So the server is only ever asked for what a
+// client of this subscription is about to take (pull requests never ask for more than the window
+// has room for), and a subscription that ends leaves no request behind when it releases what it
+// held. The latter matters beyond one count: a JetStream consumer that has a redelivery to make
+// and only waiting requests whose inbox is gone (or that just expired) drops those requests, and
+// with them the redelivery, and steps its stream cursor back one message as if the message had
+// been a first delivery (nats-server 2.9). The released message then comes back as attempt 1, and later with a count
+// that includes the lost delivery. There is no way to cancel a pull request; the server drops the
+// requests of an inbox that has no subscriber whenever it looks at its waiting requests, which a
+// CONSUMER.INFO makes it do. So close() unsubscribes the inbox, asks for the consumer's info when
+// requests were waiting, and releases (NAKs) the held deliveries once that is answered. A message
+// the server had already sent to the inbox before the UNSUB reached it is released as it arrives,
+// and that delivery is counted as an attempt.
+//
+// Ack waits. A delivery expires here at the consumer's ack wait after it arrived (restarted by
+// PROGRESS), checked exactly when the client settles it, and a delivery of the same message
+// reaching another subscription of this node ends the earlier one at once. An expired delivery is
+// not outstanding: its ACK, NAK, PROGRESS or TERM is refused (UNKNOWN_DELIVERY) and nothing goes to
+// the server, whose ack subject would otherwise still settle the message although it was
+// redelivered (the delivery count in the subject is not checked).
 class JsSub final : public DurableSubscription, public std::enable_shared_from_this<JsSub> {
  public:
   JsSub(std::weak_ptr<NatsJetStream::Impl> js, ConsumerSpec s, DurableWindow w, std::shared_ptr<DurableSink> sink,
@@ -658,7 +780,8 @@ class JsSub final : public DurableSubscription, public std::enable_shared_from_t
         js_(std::move(js)),
         sink_(std::move(sink)),
         credit_(w.credit_mode),
-        ack_wait_(std::chrono::milliseconds(std::max<uint64_t>(ack_wait_ms, 1))) {
+        ack_wait_(std::chrono::milliseconds(std::max<uint64_t>(ack_wait_ms, 1))),
+        key_(stat_key(spec.stream_bus, spec.name)) {
     uint64_t lim = w.limit ? w.limit : (max_ack_pending ? max_ack_pending : 1);
     if (max_ack_pending) lim = std::min<uint64_t>(lim, max_ack_pending);
     limit_ = std::max<uint64_t>(lim, 1);
@@ -711,12 +834,27 @@ class JsSub final : public DurableSubscription, public std::enable_shared_from_t
 
   bool progress(uint64_t id) override {
     std::string ack;
+    bool expired = false;
+    uint64_t sseq = 0;
     {
       std::lock_guard lk(mu_);
       auto it = out_.find(id);
       if (it == out_.end()) return false;
-      it->second.deadline = Clock::now() + ack_wait_;
-      ack = it->second.ack;
+      const auto now = Clock::now();
+      if (it->second.deadline <= now) {
+        expired = true;
+        sseq = it->second.sseq;
+        by_seq_.erase(sseq);
+        out_.erase(it);
+      } else {
+        it->second.deadline = now + ack_wait_;
+        ack = it->second.ack;
+      }
+    }
+    if (expired) {
+      let_go(sseq);
+      pull();
+      return false;
     }
     send(ack, "+WPI");
     return true;
@@ -735,25 +873,40 @@ class JsSub final : public DurableSubscription, public std::enable_shared_from_t
 
   void close() override {
     std::vector<std::string> release;
+    std::vector<uint64_t> seqs;
     uint64_t sid = 0;
+    bool waiting = false;
     {
       std::lock_guard lk(mu_);
       if (closed_) return;
       closed_ = true;
-      for (auto& [id, o] : out_) release.push_back(std::move(o.ack));
+      const auto now = Clock::now();
+      for (auto& [id, o] : out_) {
+        seqs.push_back(o.sseq);
+        // An expired delivery is the server's again: a NAK on its ack subject would queue the
+        // message a second time while its redelivery is out.
+        if (o.deadline > now) release.push_back(std::move(o.ack));
+      }
       out_.clear();
       by_seq_.clear();
       sid = sid_;
       sid_ = 0;
+      waiting = requested_ > 0 || replaced_waiting_;
+      requested_ = 0;
     }
     auto js = js_.lock();
     if (!js) return;
-    // The inbox goes first: the server then drops this subscription's waiting pull requests, and
-    // the released messages go to other subscribers. Messages already on their way are released
-    // as they arrive (the retired route).
+    for (const uint64_t q : seqs) js->let_go(key_, q, this);
+    // The inbox goes first, then (when pull requests were waiting for it) the consumer is made to
+    // drop them, then the deliveries are released and go to other subscribers. Messages already on
+    // their way to the inbox are released as they arrive (the retired route).
     js->retire(sid);
     if (sid) js->link.unsubscribe(sid);
-    for (const auto& a : release) js->nak_raw(a);
+    if (waiting) {
+      js->release_after_purge(spec, std::move(release));
+    } else {
+      for (const auto& a : release) js->nak_raw(a);
+    }
     std::lock_guard lk(js->subs_mu);
     js->live.erase(shared_from_this());
   }
@@ -809,6 +962,9 @@ class JsSub final : public DurableSubscription, public std::enable_shared_from_t
         by_seq_[sseq] = id;
       }
     }
+    // The server delivered the message again: whichever other subscription of this node held an
+    // earlier delivery of it holds it no longer (before this one reaches its client).
+    if (auto prev = js->hand_over(key_, sseq, shared_from_this(), what == deliver)) prev->forget(sseq);
     if (what == release) return js->nak_raw(ack);
     if (what == dead) {
       js->dead_letter(shared_from_this(), msg, ack, "max_deliveries", attempt - 1);
@@ -822,68 +978,104 @@ class JsSub final : public DurableSubscription, public std::enable_shared_from_t
         erased = erase_locked(id);
         if (erased && credit_) ++credits_;
       }
-      if (erased) js->nak_raw(ack);
+      if (erased) {
+        let_go(sseq);
+        js->nak_raw(ack);
+      }
     }
     pull();
   }
 
-  // A status message on the inbox: a pull request ended (408) or was refused.
+  // Another subscription of this node got a delivery of `sseq`: this one's is over.
+  void forget(uint64_t sseq) {
+    {
+      std::lock_guard lk(mu_);
+      auto it = by_seq_.find(sseq);
+      if (it == by_seq_.end()) return;
+      out_.erase(it->second);
+      by_seq_.erase(it);
+    }
+    pull();
+  }
+
+  // A status message on the inbox: an idle heartbeat (100), a pull request ended (408) or was
+  // refused.
   void on_status(const NatsInbound& m) {
+    auto js = js_.lock();
+    if (!js) return;
     std::string_view what;
     int64_t pending = -1;
     const int code = parse_status(m.headers, &what, &pending);
-    bool recover_now = false;
+    if (code == 100) js->heard_beat = true;
+    bool expired = false, refused_beats = false;
     {
       std::lock_guard lk(mu_);
       last_heard_ = Clock::now();
-      if (code == 100) return;  // idle heartbeat
-      if (code == 408 && pending >= 0) {
+      if (code == 100) {
+        quick_stall_ = beats_;  // the server sends heartbeats: their silence means the requests are gone
+        return;
+      }
+      if (code == 408 && pending >= 0) {  // a request expired, with this much of it not delivered
         requested_ -= std::min<uint64_t>(requested_, static_cast<uint64_t>(pending));
+        expired = true;
       } else {
-        // Which request ended is not known: start over on a new inbox.
         spdlog::debug("jetstream: consumer {}: pull answered {} {}", spec.name, code, what);
-        recover_now = true;
-        pull_after_ = Clock::now() + kPullRetry;
+        refused_beats = code == 400 && beats_;
       }
     }
-    if (recover_now) return recover();
-    pull();
+    if (expired) return pull();
+    if (refused_beats && js->heartbeats.exchange(false))
+      spdlog::warn("jetstream: the NATS server refuses idle heartbeats in pull requests ({}); lost pull requests "
+                   "are noticed after {} s instead",
+                   what, std::chrono::duration_cast<std::chrono::seconds>(kPullExpiresNoBeat + kStallGrace).count());
+    // Which request ended is not known: start over on a new inbox. No responders (no consumer, or
+    // no leader for it yet) or a deleted consumer: check it too. A new consumer leader: at once.
+    const bool missing =
+        code == 503 || code == 404 || (code == 409 && what.find("Deleted") != std::string_view::npos);
+    const bool leader = code == 409 && what.find("Leadership") != std::string_view::npos;
+    recover(missing, !leader);
   }
 
-  // Checks the consumer (re-creating it if needed), then pulls again on a fresh inbox: after a
-  // reconnect, a refused or lost pull request.
-  void recover() {
+  // Pulls again on a fresh inbox (whatever was requested on the old one is lost or refused), at
+  // once or after kPullRetry (`wait`). With `check`, the consumer is also checked and re-created if
+  // it is missing (after a reconnect: a restarted server with memory storage), without holding the
+  // pulls back: during a cluster failover the check may wait for a new leader as long as a pull.
+  void recover(bool check, bool wait) {
     auto js = js_.lock();
     if (!js) return;
+    bool start_check = false;
     {
       std::lock_guard lk(mu_);
-      if (closed_ || ensuring_) return;
-      ensuring_ = true;
+      if (closed_) return;
+      relink_locked(*js);
+      if (wait) pull_after_ = Clock::now() + kPullRetry;
+      if (check && !checking_) start_check = checking_ = true;
     }
-    auto self = shared_from_this();
-    js->ensure_consumer(spec, [self](bool ok, const std::string& why) {
-      auto js2 = self->js_.lock();
-      if (!js2) return;
-      {
-        std::lock_guard lk(self->mu_);
-        self->ensuring_ = false;
-        if (self->closed_) return;
-        self->relink_locked(*js2);
-        if (!ok) {
-          self->pull_after_ = Clock::now() + kPullRetry;
-          if (why != self->last_failure_)
-            spdlog::warn("jetstream: consumer {} of stream {}: {}", self->spec.name, self->spec.stream_bus, why);
-          self->last_failure_ = why;
-        } else {
-          self->last_failure_.clear();
+    if (start_check) {
+      auto self = shared_from_this();
+      js->ensure_consumer(spec, [self](bool ok, const std::string& why) {
+        {
+          std::lock_guard lk(self->mu_);
+          self->checking_ = false;
+          if (self->closed_) return;
+          if (!ok) {
+            if (why != self->last_failure_)
+              spdlog::warn("jetstream: consumer {} of stream {}: {}", self->spec.name, self->spec.stream_bus, why);
+            self->last_failure_ = why;
+          } else {
+            self->last_failure_.clear();
+            self->pull_after_ = {};
+          }
         }
-      }
-      self->pull();
-    });
+        self->pull();
+      });
+    }
+    pull();
   }
 
   void tick(Clock::time_point now, bool link_up) {
     bool stalled = false;
+    std::vector<uint64_t> expired;
     {
       std::lock_guard lk(mu_);
       if (closed_) return;
@@ -893,13 +1085,22 @@ class JsSub final : public DurableSubscription, public std::enable_shared_from_t
           ++it;
           continue;
         }
+        expired.push_back(it->second.sseq);
         by_seq_.erase(it->second.sseq);
         it = out_.erase(it);
       }
-      stalled = link_up && started_ && !ensuring_ && requested_ > 0 &&
-                now - std::max(last_heard_, last_pull_) > kPullExpires + kStallGrace;
+      // Requests with idle heartbeats hear from the server every kPullHeartbeat; others when they
+      // expire.
+      const Clock::duration quiet = quick_stall_ ? Clock::duration(kPullHeartbeat * kStallBeats)
+                                                 : Clock::duration(kPullExpiresNoBeat + kStallGrace);
+      stalled = link_up && started_ && requested_ > 0 && now - std::max(last_heard_, last_pull_) > quiet;
     }
-    if (stalled) return recover();
+    for (const uint64_t q : expired) let_go(q);
+    if (stalled) {
+      spdlog::debug("jetstream: consumer {}: no word from the server on a waiting pull request; pulling anew",
+                    spec.name);
+      return recover(false, false);
+    }
     pull();
   }
 
@@ -920,30 +1121,48 @@ class JsSub final : public DurableSubscription, public std::enable_shared_from_t
     return true;
   }
 
+  void let_go(uint64_t sseq) {
+    if (auto js = js_.lock()) js->let_go(key_, sseq, this);
+  }
+
   static std::string nak_body(std::chrono::milliseconds delay) {
     if (delay.count() == 0) return "-NAK";
     return "-NAK {\"delay\": " + std::to_string(to_ns(delay)) + "}";
   }
 
+  // Takes delivery `id` off this subscription; false when it is not outstanding (unknown, or its
+  // ack wait has passed: then it is dropped and nothing is to be sent for it).
   bool take(uint64_t id, std::string& ack, uint32_t* attempt, BusMessagePtr* msg) {
-    std::lock_guard lk(mu_);
-    auto it = out_.find(id);
-    if (it == out_.end()) return false;
-    ack = std::move(it->second.ack);
-    if (attempt) *attempt = it->second.attempt;
-    if (msg) *msg = std::move(it->second.msg);
-    by_seq_.erase(it->second.sseq);
-    out_.erase(it);
-    return true;
+    uint64_t sseq = 0;
+    bool live = false;
+    {
+      std::lock_guard lk(mu_);
+      auto it = out_.find(id);
+      if (it == out_.end()) return false;
+      sseq = it->second.sseq;
+      live = it->second.deadline > Clock::now();
+      if (live) {
+        ack = std::move(it->second.ack);
+        if (attempt) *attempt = it->second.attempt;
+        if (msg) *msg = std::move(it->second.msg);
+      }
+      by_seq_.erase(sseq);
+      out_.erase(it);
+    }
+    let_go(sseq);
+    if (!live) pull();
+    return live;
   }
 
+  // Acknowledgements go with the link's next batch: the ACKs of one client read share one write.
   void send(const std::string& ack, std::string_view body) {
-    if (auto js = js_.lock()) js->link.publish(ack, {}, {}, body, true);
+    if (auto js = js_.lock()) js->link.publish(ack, {}, {}, body, false);
   }
 
   // A new inbox (the old one retired): whatever was requested on the old one no longer counts.
   void relink_locked(NatsJetStream::Impl& js) {
     const uint64_t old = sid_;
+    if (requested_ > 0) replaced_waiting_ = true;
     sid_ = js.next_sid.fetch_add(1);
     inbox_ = js.prefix + "d." + std::to_string(sid_);
     requested_ = 0;
@@ -964,9 +1183,13 @@ class JsSub final : public DurableSubscription, public std::enable_shared_from_t
     uint64_t batch = 0, epoch = 0;
     std::string inbox;
     const auto now = Clock::now();
+    // Idle heartbeats unless the server refused them; long requests once a heartbeat was heard
+    // from this server (one that ignores the field would otherwise look stalled).
+    const bool beats = js->heartbeats.load();
+    const bool heard = beats && js->heard_beat.load();
     {
       std::lock_guard lk(mu_);
-      if (closed_ || !started_ || ensuring_ || sid_ == 0 || now < pull_after_) return;
+      if (closed_ || !started_ || sid_ == 0 || now < pull_after_) return;
       uint64_t cap = limit_ > out_.size() ? limit_ - out_.size() : 0;
       if (credit_) cap = std::min(cap, credits_);
       if (cap <= requested_) return;
@@ -975,12 +1198,21 @@ class JsSub final : public DurableSubscription, public std::enable_shared_from_t
       batch = room;
       requested_ += room;
       last_pull_ = now;
+      beats_ = beats;
+      quick_stall_ = heard;
       epoch = sid_;
       inbox = inbox_;
     }
-    char body[96];
-    const int n = std::snprintf(body, sizeof body, "{\"batch\":%llu,\"expires\":%lld}",
-                                static_cast<unsigned long long>(batch), static_cast<long long>(to_ns(kPullExpires)));
+    char body[128];
+    int n = 0;
+    if (beats)
+      n = std::snprintf(body, sizeof body, "{\"batch\":%llu,\"expires\":%lld,\"idle_heartbeat\":%lld}",
+                        static_cast<unsigned long long>(batch),
+                        static_cast<long long>(to_ns(heard ? kPullExpires : kPullExpiresNoBeat)),
+                        static_cast<long long>(to_ns(kPullHeartbeat)));
+    else
+      n = std::snprintf(body, sizeof body, "{\"batch\":%llu,\"expires\":%lld}", static_cast<unsigned long long>(batch),
+                        static_cast<long long>(to_ns(kPullExpiresNoBeat)));
     if (js->link.publish(next_subject_, inbox, {}, std::string_view(body, static_cast<size_t>(n)), true) == Code::ok)
       return;
     std::lock_guard lk(mu_);
@@ -992,11 +1224,16 @@ class JsSub final : public DurableSubscription, public std::enable_shared_from_t
   std::shared_ptr<DurableSink> sink_;
   const bool credit_;
   const Clock::duration ack_wait_;
+  const std::string key_;  // stat_key of the consumer
   uint64_t limit_ = 1;
   std::string next_subject_;
 
   mutable std::mutex mu_;
-  bool started_ = false, closed_ = false, ensuring_ = false;
+  bool started_ = false, closed_ = false;
+  bool checking_ = false;     // a check of the consumer is under way
+  bool replaced_waiting_ = false;  // an inbox was replaced while requests waited for it
+  bool beats_ = false;        // the last pull request asked for idle heartbeats
+  bool quick_stall_ = false;  // ... and the server is known to send them
   uint64_t sid_ = 0;
   std::string inbox_;
   uint64_t requested_ = 0;  // asked of the server on the current inbox, not yet delivered
@@ -1054,13 +1291,14 @@ void NatsJetStream::Impl::on_event(std::string_view what) {
   }
   // (Re)connected: the server may be a new one (or restarted, with memory streams gone). The
   // configuration is applied again, and every subscription checks its consumer and pulls anew.
+  heard_beat = false;
   apply();
   std::vector<std::shared_ptr<JsSub>> subs;
   {
     std::lock_guard lk(subs_mu);
     subs.assign(live.begin(), live.end());
   }
-  for (auto& s : subs) s->recover();
+  for (auto& s : subs) s->recover(true, false);
 }
 
 void NatsJetStream::Impl::tick() {
@@ -1337,7 +1575,7 @@ void NatsJetStream::publish_stored(BusMessagePtr msg, std::string msg_id, Stored
         return true;
     }
     return true;
-  });
+  }, false);
 }
 
 void NatsJetStream::subscribe_durable(ConsumerSpec spec, DurableWindow window, uint32_t max_client_consumers,

@@ -2,8 +2,11 @@
 // The durable half of NatsBus (durable.hpp) on NATS JetStream, spoken over the gateway's own NATS
 // link: the JetStream JSON API ($JS.API.*) for streams and consumers, stored publishes confirmed by
 // the server's PubAck, and pull consumers ($JS.API.CONSUMER.MSG.NEXT) whose requests never ask for
-// more than a subscription's window has room for. Acknowledgements go to each delivery's $JS.ACK
-// subject.
+// more than a subscription's window has room for and ask for idle heartbeats (so a request lost
+// with a server is noticed in seconds). Acknowledgements go to each delivery's $JS.ACK subject;
+// the gateway refuses those of deliveries whose ack wait has passed (JetStream would still take
+// them), and a subscription that ends makes the consumer drop its waiting requests before it
+// releases what it held, so a release is exactly one attempt.
 //
 // Threading: the link thread delivers messages, API answers and link events; one timer thread
 // expires API requests and local ack waits, retries the configuration and recovers stalled pulls.

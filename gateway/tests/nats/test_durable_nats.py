@@ -55,6 +55,13 @@ tenants:
 """
 
 
+def only_consumers(cfg, *consumers):
+    """`cfg` (from config()) with these consumer entries in place of the declared `workers`."""
+    start = cfg.index("      - {name: workers")
+    end = cfg.index("\n", start)
+    return cfg[:start] + "\n".join("      - " + c for c in consumers) + cfg[end:]
+
+
 def wait_ready(g, timeout=10):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -612,3 +619,167 @@ def test_consumer_metrics(nats, store, start_gateway, clients):
         m = d.expect(MSG)
         d.send(ACK, 2, m[6])
     wait_metrics(g, {"subscribers": 1, "ack_pending": 0, "pending": 0, "redelivered_total": 5})
+
+
+def test_a_release_is_one_attempt(nats, store, start_gateway, clients):
+    """A delivery released by a closed connection or an UNSUB counts as one attempt, and nothing
+    else does: pull requests left waiting for the closed subscription's inbox must not turn the
+    release into a lost redelivery (which came back as attempt 1, then skipped one)."""
+    ns = js_server(nats, store)
+    api = '{name: api, stream: jobs, subject: "jobs.api.>", max_inflight: 10, ack_wait_ms: 2000, max_deliveries: 5}'
+    g = start_gateway(only_consumers(config([ns.url], "js-rel1"), api))
+    wait_ready(g)
+    for rnd in range(3):  # the failure was a race, seen in most runs but not all
+        a = clients(g.client())
+        assert publish_stored(a, "jobs.api.r", [b"held-%d" % rnd])[1][0] == OK
+        durable_sub(a, 1, "jobs.api.>", "api", flow="credit")
+        a.send(CREDIT, 1, 2)  # room for 2, one message: a pull request stays waiting
+        m = a.expect(MSG)
+        assert m[3] == b"held-%d" % rnd and m[7] == 1, m
+        a.close()
+        b = clients(g.client())  # at once
+        durable_sub(b, 1, "jobs.api.>", "api", flow="credit")
+        b.send(CREDIT, 1, 1)
+        m = b.expect(MSG)
+        assert m[3] == b"held-%d" % rnd and m[7] == 2, (rnd, m)
+        b.send(UNSUB, 1)
+        durable_sub(b, 2, "jobs.api.>", "api", flow="credit")
+        b.send(CREDIT, 2, 1)
+        m = b.expect(MSG)
+        assert m[3] == b"held-%d" % rnd and m[7] == 3, (rnd, m)
+        b.send(ACK, 2, m[6])
+        b.send(CREDIT, 2, 5)
+        assert b.drain(MSG, quiet=0.5) == []  # acked: never again, and never twice
+        b.close()
+    # reconnecting after the ack wait: still the next attempt, not one more per ack wait
+    a = clients(g.client())
+    assert publish_stored(a, "jobs.api.r", [b"late"])[1][0] == OK
+    durable_sub(a, 1, "jobs.api.>", "api", flow="credit")
+    a.send(CREDIT, 1, 2)
+    assert a.expect(MSG)[7] == 1
+    a.close()
+    time.sleep(3.0)  # past the 2 s ack wait, nobody subscribed
+    b = clients(g.client())
+    durable_sub(b, 1, "jobs.api.>", "api", flow="credit")
+    b.send(CREDIT, 1, 5)
+    m = b.expect(MSG, timeout=5)
+    assert m[3] == b"late" and m[7] == 2, m
+    b.send(ACK, 1, m[6])
+    assert b.drain(MSG, quiet=0.5) == []
+    # a consumer created by a SUB, default window (conformance 17.3.3)
+    for rnd in range(3):
+        a = clients(g.client())
+        durable_sub(a, 1, "events.y", "ev-one", deliver="new")
+        assert publish_stored(a, "events.y", [b"ev-%d" % rnd])[1][0] == OK
+        m = a.expect(MSG)
+        assert m[3] == b"ev-%d" % rnd and m[7] == 1, m
+        a.close()
+        b = clients(g.client())
+        durable_sub(b, 1, "events.y", "ev-one", deliver="new")
+        m = b.expect(MSG)
+        assert m[3] == b"ev-%d" % rnd and m[7] == 2, (rnd, m)
+        b.send(ACK, 1, m[6])
+        assert b.drain(MSG, quiet=0.3) == []
+        b.close()
+
+
+def test_an_expired_delivery_cannot_be_settled(nats, store, start_gateway, clients):
+    """Once a delivery's ack wait has passed and the message went to another connection, ACK, NAK,
+    PROGRESS and TERM of the old delivery are UNKNOWN_DELIVERY and do nothing on the bus (JetStream
+    would take an ACK on the old delivery's ack subject); the live delivery's settlement works."""
+    ns = js_server(nats, store)
+    slow = '{name: slow, stream: jobs, subject: "jobs.slow", max_inflight: 10, ack_wait_ms: 400, max_deliveries: 5}'
+    g = start_gateway(only_consumers(config([ns.url], "js-late"), slow))
+    wait_ready(g)
+    watcher = clients(g.client())
+    watcher.sub(1, "deadletter.>")
+    a = clients(g.client())
+    assert publish_stored(a, "jobs.slow", [b"slow-job"])[1][0] == OK
+    durable_sub(a, 1, "jobs.slow", "slow", flow="credit")
+    a.send(CREDIT, 1, 1)
+    ma = a.expect(MSG)
+    assert ma[7] == 1
+    b = clients(g.client())
+    durable_sub(b, 1, "jobs.slow", "slow", flow="credit")
+    b.send(CREDIT, 1, 1)
+    mb = b.expect(MSG, timeout=3)  # after a's ack wait
+    assert mb[3] == b"slow-job" and mb[7] == 2, mb
+    # a settles its expired delivery every way: refused each time
+    a.send(ACK, 1, ma[6])
+    a.send(NAK, 1, ma[6])
+    a.send(PROGRESS, 1, ma[6])
+    a.send(TERM, 1, ma[6], "late")
+    a.send(PING)
+    got = a.drain(quiet=0.3)
+    errs = [f for f in got if f[0] == ERR]
+    assert [(f[1], f[3], f[4]) for f in errs] == [(UNKNOWN_DELIVERY, op, 1) for op in (ACK, NAK, PROGRESS, TERM)], got
+    assert [f for f in got if f[0] != ERR] == [[PONG]], got
+    # the message is still b's on the bus: b's NAK brings it back (it would be gone had a's ACK
+    # acknowledged it)
+    b.send(NAK, 1, mb[6])
+    b.send(CREDIT, 1, 1)
+    m3 = b.expect(MSG, timeout=3)
+    assert m3[3] == b"slow-job" and m3[7] == 3, m3
+    b.send(ACK, 1, m3[6])
+    b.send(PING)
+    assert b.drain(quiet=0.3) == [[PONG]]  # the live delivery's ACK is accepted
+    b.send(CREDIT, 1, 5)
+    assert b.drain(MSG, quiet=1.0) == []  # and final
+    assert watcher.drain(MSG, quiet=0.3) == []  # a's TERM dead-lettered nothing
+    wait_metrics(g, {"pending": 0, "ack_pending": 0}, consumer="slow")
+
+
+def test_a_lost_pull_request_is_noticed_by_its_heartbeats(nats, store, start_gateway, clients):
+    """The server holding a stream (one replica) restarts while the gateway stays connected to
+    another server of the cluster: the gateway's waiting pull request is gone without a word. Its
+    idle heartbeats stop, so the gateway pulls anew within about two seconds instead of waiting for
+    the request to expire."""
+    import asyncio
+
+    import nats as natspy
+
+    ports = [free_port() for _ in range(3)]
+    routes = [f"nats://127.0.0.1:{p}" for p in ports]
+    servers = [nats(cluster_port=ports[i], routes=[r for j, r in enumerate(routes) if j != i], name=f"js{i}",
+                    extra=["-js", "-sd", store()]) for i in range(3)]
+    setup = start_gateway(config([s.url for s in servers], "js-hb-setup"))
+    wait_ready(setup, timeout=30)
+    p = clients(setup.client())
+    deadline = time.monotonic() + 20
+    while publish_stored(p, "jobs.c", [b"probe"])[1][0] != OK:  # the cluster elects its meta leader
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+    async def host_of(stream):
+        nc = await natspy.connect(servers[0].url)
+        try:
+            return (await nc.jetstream().stream_info(stream)).cluster.leader
+        finally:
+            await nc.close()
+
+    host_name = asyncio.run(host_of("busgate_demo_jobs"))
+    host = next(s for s in servers if s.name == host_name)
+    other = next(s for s in servers if s.name != host_name)
+    p.close()
+    setup.stop()
+    g = start_gateway(config([other.url], "js-hb"))  # connected to a server that does not hold the stream
+    wait_ready(g, timeout=30)
+    c = clients(g.client())
+    durable_sub(c, 1, "jobs.>", "workers")
+    m = c.expect(MSG)
+    c.send(ACK, 1, m[6])
+    time.sleep(2.5)  # a pull request waits on the host
+    t_kill = time.monotonic()
+    host.stop()
+    time.sleep(1.0)
+    host.start()  # same storage: the stream and its consumer come back, the waiting request does not
+    k = 10
+    while publish_stored(p := clients(g.client()), "jobs.c", [b"after"], first_ack=k)[k][0] != OK:
+        assert time.monotonic() - t_kill < 30
+        k += 1
+        time.sleep(0.1)
+    t_stored = time.monotonic()
+    m = c.expect(MSG, timeout=10)
+    waited = time.monotonic() - t_stored
+    assert m[3] == b"after" and m[7] == 1, m
+    assert waited < 2.0, f"delivered {waited:.1f} s after the stream stored it again"
