@@ -446,7 +446,9 @@ TEST_CASE("nats link: a protocol error from the server ends the connection and t
         events.emplace_back(what);
       });
   link->subscribe(1, "in", "");
-  REQUIRE(link->start(std::chrono::seconds(5)));
+  // The first connection may already be gone again (the bad input follows at once) when start()
+  // looks, so its answer is not asserted: what the link delivered is.
+  (void)link->start(std::chrono::seconds(5));
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   for (;;) {
     {
