@@ -68,6 +68,7 @@ class ReplyTable {
 struct BusStats {
   uint64_t subscriptions = 0;  // subscriptions held on the bus (after any dedup)
   uint64_t reconnects = 0;
+  uint64_t headers_dropped = 0;  // headers from the bus left out because they break the spec's rules
 };
 
 class Bus {

@@ -160,6 +160,12 @@ std::string render_metrics(Server& server) {
   o << "# HELP busgate_slow_consumer_disconnects_total Connections closed by the slow-consumer policy.\n"
        "# TYPE busgate_slow_consumer_disconnects_total counter\nbusgate_slow_consumer_disconnects_total "
     << m.slow_consumer_disconnects.load() << "\n";
+  o << "# HELP busgate_bus_messages_dropped_total Messages from the bus not delivered because their subject is not UTF-8.\n"
+       "# TYPE busgate_bus_messages_dropped_total counter\nbusgate_bus_messages_dropped_total "
+    << m.bus_messages_dropped.load() << "\n";
+  o << "# HELP busgate_bus_headers_dropped_total Headers from the bus left out because they break the protocol's header rules.\n"
+       "# TYPE busgate_bus_headers_dropped_total counter\nbusgate_bus_headers_dropped_total "
+    << server.bus().stats().headers_dropped << "\n";
   o << "# HELP busgate_producer_paces_total Times a producer was paced for a consumer past half its bound.\n"
        "# TYPE busgate_producer_paces_total counter\nbusgate_producer_paces_total "
     << m.producer_paces.load() << "\n";

@@ -18,6 +18,7 @@ struct Metrics {
   std::atomic<uint64_t> producer_paces{0};
   std::atomic<uint64_t> bus_congestion_pauses{0};
   std::atomic<uint64_t> foreign_protocol_rejects{0};
+  std::atomic<uint64_t> bus_messages_dropped{0};  // from the bus, not deliverable as the spec requires
   std::atomic<uint64_t> requests_total{0};
   std::atomic<uint64_t> requests_inflight{0};
   // Request latency histogram (gateway REQ in → RES out), bucket upper bounds in microseconds.

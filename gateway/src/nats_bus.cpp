@@ -82,6 +82,8 @@ void to_nats_headers(std::string_view packed, std::string& out) {
   out.append("\r\n"sv);
 }
 
+static std::atomic<uint64_t> g_headers_dropped{0};  // headers from the bus that broke the spec's rules
+
 std::string_view from_nats_headers(std::string_view block, std::string& out, bool drop_nats, bool drop_msg_id) {
   out.clear();
   std::string_view status;
@@ -114,7 +116,16 @@ std::string_view from_nats_headers(std::string_view block, std::string& out, boo
       continue;
     bool seen = false;
     for (const auto& p : kv) seen = seen || p.first == k;
-    if (!seen && !k.empty()) kv.emplace_back(k, v);
+    if (seen) continue;  // a repeated header: its first value is delivered (docs/protocol.md 11)
+    // Headers reach clients only as the spec allows them (key grammar, value length, no more than 64).
+    // (busgate- headers are the gateways' own: reserved for clients, valid from the bus.)
+    const proto::Code hc = proto::validate_header(k, v);
+    const bool fits = hc == proto::Code::ok || (hc == proto::Code::reserved_header && k.size() <= 64 && v.size() <= 4096);
+    if (kv.size() >= proto::kMaxHeaders || !fits) {
+      g_headers_dropped.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    kv.emplace_back(k, v);
   }
   if (kv.empty()) return status;
   proto::mp::Writer w(out);
@@ -172,7 +183,7 @@ size_t NatsBus::max_message() const {
 
 BusStats NatsBus::stats() const {
   std::lock_guard lk(mu_);
-  return BusStats{interests_.size() + 1, link_->reconnects()};
+  return BusStats{interests_.size() + 1, link_->reconnects(), g_headers_dropped.load(std::memory_order_relaxed)};
 }
 
 uint64_t NatsBus::subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) {
@@ -303,7 +314,13 @@ void NatsBus::on_inbox(const NatsInbound& m) {
   if (!fn) return;  // late, duplicate or cancelled
   std::string_view status;
   const BusMessagePtr reply = to_bus_message(m, &status);
-  if (status == "503" && m.payload.empty()) return fn(Code::no_responders, nullptr);
+  // A status-only reply is the bus speaking, not a responder: 503 no responders, 408 timeout; any
+  // other status is reported as INTERNAL_ERROR rather than passed on as an empty answer.
+  if (!status.empty() && m.payload.empty()) {
+    if (status == "503") return fn(Code::no_responders, nullptr);
+    if (status == "408") return fn(Code::request_timeout, nullptr);
+    return fn(Code::internal_error, nullptr);
+  }
   fn(Code::ok, reply);
 }
 

@@ -438,8 +438,10 @@ void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const B
     }
   } else {
     send_res(req_id, status,
-             status == Code::no_responders ? "no responders are subscribed to the request subject"
-                                           : "the bus is unavailable");
+             status == Code::no_responders     ? "no responders are subscribed to the request subject"
+             : status == Code::request_timeout ? "the bus answered that the request timed out"
+             : status == Code::internal_error  ? "the bus answered with a status instead of a reply"
+                                               : "the bus is unavailable");
   }
   server_.metrics().observe_latency_us(static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count()));
@@ -510,6 +512,12 @@ void Session::deliver(SubState& sub, const BusMessagePtr& m) {
 
 bool Session::queue_msg(SubState& sub, const BusMessage& m, std::string_view subject, bool durable,
                         uint64_t delivery_id, uint32_t attempt) {
+  // Anything on the bus may publish: a subject that is not UTF-8 cannot be a MSG subject (a str),
+  // so the message is not delivered (docs/protocol.md section 11, "From the bus").
+  if (!proto::is_valid_utf8(subject)) {
+    server_.metrics().bus_messages_dropped.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
   bool last = false;
   if (sub.remaining.load(std::memory_order_relaxed) != 0) {
     const uint64_t before = sub.remaining.fetch_sub(1);

@@ -378,3 +378,91 @@ def test_pipelined_subs_are_confirmed_in_order_and_live_for_what_follows(nats, s
     # every odd sid is on pipe.shared (25 subscriptions, 25 publishes each), every even sid has its own
     assert sorted(msgs) == sorted([s for s in range(1, 51, 2) for _ in range(25)] + list(range(2, 51, 2)))
     assert other.expect(MSG)[3] == b"m"
+
+
+class RawNats:
+    """A plain NATS protocol peer (no client library), free to send what a library would refuse."""
+
+    def __init__(self, url: str):
+        import socket
+        host, port = url.removeprefix("nats://").rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=5)
+        self.buf = b""
+        self.line()  # INFO
+        self.sock.sendall(b'CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\nPING\r\n')
+        while not self.line().startswith(b"PONG"):
+            pass
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def hpub(self, subject: bytes, headers: bytes, payload: bytes, reply: bytes = b"", status: bytes = b""):
+        block = b"NATS/1.0" + (b" " + status if status else b"") + b"\r\n" + headers + b"\r\n"
+        total = len(block) + len(payload)
+        args = b" ".join(x for x in (subject, reply, str(len(block)).encode(), str(total).encode()) if x)
+        self.sock.sendall(b"HPUB " + args + b"\r\n" + block + payload + b"\r\n")
+
+    def next_msg(self):
+        """The next MSG/HMSG: (subject, reply)."""
+        while True:
+            parts = self.line().split()
+            if parts and parts[0] in (b"MSG", b"HMSG"):
+                size = int(parts[-1])
+                while len(self.buf) < size + 2:
+                    self.buf += self.sock.recv(65536)
+                self.buf = self.buf[size + 2:]
+                reply = parts[3] if len(parts) == (6 if parts[0] == b"HMSG" else 5) else b""
+                return parts[1], reply
+
+    def subscribe(self, subject: bytes, sid: int):
+        self.sock.sendall(b"SUB " + subject + b" " + str(sid).encode() + b"\r\n")
+
+    def flush(self):
+        self.sock.sendall(b"PING\r\n")
+        while not self.line().startswith(b"PONG"):
+            pass
+
+    def close(self):
+        self.sock.close()
+
+
+def test_what_the_bus_sends_is_delivered_only_as_the_spec_allows(nats, start_gateway, clients):
+    ns = nats()
+    g = start_gateway(gateway_config([ns.url], "gw-conform"))
+    c = clients(g.client())
+    c.sub(1, "u8.>")
+    raw = RawNats(ns.url)
+    try:
+        raw.hpub(b"t.demo.u8.\xff", b"k: v\r\n", b"bad subject")  # not UTF-8: not deliverable
+        many = b"".join(b"h%d: %d\r\n" % (i, i) for i in range(70))
+        raw.hpub(b"t.demo.u8.many", many, b"70 headers")
+        bad = (b"bad key: space\r\nok-key: fine\r\nlong: " + b"x" * 5000 + b"\r\n"
+               b"dup: first\r\ndup: second\r\n")
+        raw.hpub(b"t.demo.u8.bad", bad, b"bad headers")
+        raw.flush()
+        got = [c.expect(MSG) for _ in range(2)]  # the first is never delivered; the connection lives
+        assert [m[2] for m in got] == ["u8.many", "u8.bad"]
+        assert got[0][4] == {f"h{i}": str(i) for i in range(64)}  # at most 64 headers
+        assert got[1][4] == {"ok-key": "fine", "dup": "first"}  # grammar, value length; first of a repeat
+        metrics = g.http_get("/metrics")[1]
+        assert "busgate_bus_messages_dropped_total 1" in metrics
+        assert "busgate_bus_headers_dropped_total 8" in metrics  # 6 past 64, a bad key, a long value
+        # A status-only reply is not an answer: 408 is a timeout, anything but 503/408 an error.
+        raw.subscribe(b"t.demo.svc.status.>", 7)
+        raw.flush()
+        for req_id, (status, code) in enumerate([(b"408 Request Timeout", "REQUEST_TIMEOUT"),
+                                                 (b"404 No Messages", "INTERNAL_ERROR")], start=1):
+            c.send(REQ, req_id, "svc.status.x", b"?", None, 3000)
+            _, reply = raw.next_msg()
+            raw.hpub(reply, b"", b"", status=status)
+            raw.flush()
+            res = c.expect(RES)
+            assert res[1:3] == [req_id, E[code]], res
+    finally:
+        raw.close()
