@@ -90,6 +90,7 @@ std::string_view from_nats_headers(std::string_view block, std::string& out, boo
   thread_local std::vector<std::pair<std::string_view, std::string_view>> kv;
   kv.clear();
   bool first = true;
+  size_t plain = 0;  // headers kept that are not gateway-set
   while (!block.empty()) {
     const size_t eol = block.find('\n');
     std::string_view line = block.substr(0, eol);
@@ -119,12 +120,15 @@ std::string_view from_nats_headers(std::string_view block, std::string& out, boo
     if (seen) continue;  // a repeated header: its first value is delivered (docs/protocol.md 11)
     // Headers reach clients only as the spec allows them (key grammar, value length, no more than 64).
     // (busgate- headers are the gateways' own: reserved for clients, valid from the bus.)
+    // The gateways' own busgate- headers do not count against the 64 a publisher may set.
     const proto::Code hc = proto::validate_header(k, v);
-    const bool fits = hc == proto::Code::ok || (hc == proto::Code::reserved_header && k.size() <= 64 && v.size() <= 4096);
-    if (kv.size() >= proto::kMaxHeaders || !fits) {
+    const bool gateway_set = hc == proto::Code::reserved_header;
+    const bool fits = hc == proto::Code::ok || (gateway_set && k.size() <= 64 && v.size() <= 4096);
+    if (!fits || (!gateway_set && plain >= proto::kMaxHeaders)) {
       g_headers_dropped.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
+    if (!gateway_set) ++plain;
     kv.emplace_back(k, v);
   }
   if (kv.empty()) return status;
