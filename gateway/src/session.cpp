@@ -269,15 +269,9 @@ void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
   if (r.code != Code::ok) return send_err(r.code, r.detail, 4, s.sid);
   // Durable consumption (docs/protocol.md section 16): session_durable.cpp.
   if (s.opts.type == proto::mp::Type::map && !s.opts.map.empty()) return on_durable_sub(s);
-  if (subs_.count(s.sid)) return send_err(Code::sid_in_use, "sid " + std::to_string(s.sid) + " is in use", 4, s.sid);
   const TenantConfig& c = cfg();
-  if (subs_.size() >= c.limits.max_subscriptions)
-    return send_err(Code::too_many_subscriptions,
-                    "the connection has " + std::to_string(subs_.size()) + " subscriptions (the limit)", 4, s.sid);
-  const RuleCheck rc = subscription_allowed(c.permissions.subscribe, s.subject);
-  if (!rc.allowed)
-    return send_err(Code::permission_denied, "subscribe to '" + std::string(s.subject) + "' is not permitted", 4,
-                    s.sid);
+  RuleCheck rc;
+  if (!admit_sub(s, c, rc)) return;
   auto st = std::make_shared<SubState>();
   st->sid = s.sid;
   st->subject = s.subject;
@@ -312,6 +306,24 @@ void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
     subs_.emplace(s.sid, st);
   }
   sub_count_.store(subs_.size(), std::memory_order_relaxed);
+}
+
+bool Session::admit_sub(const proto::Sub& s, const TenantConfig& c, RuleCheck& rc) {
+  if (subs_.count(s.sid)) {
+    send_err(Code::sid_in_use, "sid " + std::to_string(s.sid) + " is in use", 4, s.sid);
+    return false;
+  }
+  if (subs_.size() >= c.limits.max_subscriptions) {
+    send_err(Code::too_many_subscriptions,
+             "the connection has " + std::to_string(subs_.size()) + " subscriptions (the limit)", 4, s.sid);
+    return false;
+  }
+  rc = subscription_allowed(c.permissions.subscribe, s.subject);
+  if (!rc.allowed) {
+    send_err(Code::permission_denied, "subscribe to '" + std::string(s.subject) + "' is not permitted", 4, s.sid);
+    return false;
+  }
+  return true;
 }
 
 void Session::finish_sub(const std::shared_ptr<SubState>& st) {

@@ -112,13 +112,11 @@ void Session::on_durable_sub(const proto::Sub& s) {
   Code code = Code::ok;
   std::string why;
   if (!parse_opts(s.opts, o, code, why)) return send_err(code, why, 4, s.sid);
-  if (subs_.count(s.sid)) return send_err(Code::sid_in_use, "sid " + std::to_string(s.sid) + " is in use", 4, s.sid);
   const TenantConfig& c = cfg();
-  if (subs_.size() >= c.limits.max_subscriptions)
-    return send_err(Code::too_many_subscriptions,
-                    "the connection has " + std::to_string(subs_.size()) + " subscriptions (the limit)", 4, s.sid);
-  const RuleCheck rc = subscription_allowed(c.permissions.subscribe, s.subject);
-  if (!rc.allowed || rc.needs_filter)
+  RuleCheck rc;
+  if (!admit_sub(s, c, rc)) return;
+  // A durable consumer hands each message to one subscriber: it cannot skip the denied ones.
+  if (rc.needs_filter)
     return send_err(Code::permission_denied, "subscribe to '" + std::string(s.subject) + "' is not permitted", 4,
                     s.sid);
   const StreamConfig* stream = nullptr;
