@@ -390,9 +390,12 @@ GatewayConfig parse_config(const std::string& text) {
         fail("timeouts.goaway_delay_ms", "must not be above timeouts.drain_ms");
     }
     if (const auto l = root["limits"]) {
-      only_keys(l, "limits", {"max_pending_bytes"});
+      only_keys(l, "limits", {"max_pending_bytes", "max_backlog_bytes"});
       if (l["max_pending_bytes"])
         c.max_pending_bytes = get_num<uint32_t>(l["max_pending_bytes"], "limits.max_pending_bytes", 4096, 1u << 31);
+      if (l["max_backlog_bytes"])
+        c.max_backlog_bytes =
+            get_num<uint64_t>(l["max_backlog_bytes"], "limits.max_backlog_bytes", 1u << 20, uint64_t{1} << 36);
     }
     if (const auto a = root["admin"]) {
       only_keys(a, "admin", {"token_sha256", "token"});

@@ -112,6 +112,8 @@ struct GatewayConfig {
   uint32_t heartbeat_ms = 30000;
   uint32_t min_heartbeat_ms = 100;
   uint32_t max_pending_bytes = 8 * 1024 * 1024;  // outbound queue bound per connection
+  // Messages a tenant's delivery lane keeps while it waits for one of its slow consumers.
+  uint64_t max_backlog_bytes = 32 * 1024 * 1024;
   uint32_t request_timeout_ms = 5000;
   uint32_t max_request_timeout_ms = 60000;
   uint32_t drain_timeout_ms = 10000;

@@ -16,6 +16,7 @@ struct Metrics {
   // Flow control: producers paced for a consumer past half its bound (waits, and publishing
   // connections paused), and publishing connections paused because the bus was congested.
   std::atomic<uint64_t> producer_paces{0};
+  std::atomic<uint64_t> backlog_drops{0};  // messages dropped at twice a tenant's max_backlog_bytes
   std::atomic<uint64_t> bus_congestion_pauses{0};
   std::atomic<uint64_t> foreign_protocol_rejects{0};
   std::atomic<uint64_t> bus_messages_dropped{0};  // from the bus, not deliverable as the spec requires

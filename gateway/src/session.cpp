@@ -7,6 +7,7 @@
 
 #include "busgate/protocol/msgpack.hpp"
 #include "busgate/protocol/subject.hpp"
+#include "handshake.hpp"
 #include "server.hpp"
 #include "session_sub.hpp"
 #include "tcp_progress.hpp"
@@ -19,16 +20,16 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr size_t kMaxGrants = 4096;
-constexpr size_t kFrameOverhead = 65536;  // room for subject, headers and reply subject in a frame
 constexpr std::string_view kInbox = "_INBOX.";
 // After a fatal ERR is queued, the peer has this long to read what is queued before it; then the
 // connection is closed without waiting (a stalled peer must not hold the session forever).
 constexpr auto kFatalWriteGrace = std::chrono::seconds(5);
-// The longest a delivery waits for a consumer past half its outbound bound (producer flow control).
+// Producer flow control: how often a delivery lane waiting for this consumer looks for progress...
 constexpr auto kProducerStall = std::chrono::milliseconds(10);
-// ... and gives up on a consumer (until its queue empties) after this many waits without progress.
+// ... and gives up on a consumer (until its queue empties) after this many looks without progress.
 constexpr uint32_t kIdleStallsToGiveUp = 2;
+// Backlog entries a lane delivers in one turn of a consumer's thread before letting others run.
+constexpr size_t kLaneBudget = 256;
 constexpr size_t kWriteSlice = 256 * 1024;
 
 std::string random_id() {
@@ -61,8 +62,8 @@ Session::Session(Server& server, asio::any_io_executor ex, uint64_t id)
       drain_timer_(ex),
       close_timer_(ex),
       request_timer_(ex),
-      max_pending_(server.config().max_pending_bytes),
-      pace_timer_(ex) {}
+      out_(server.config().max_pending_bytes),
+      lane_timer_(ex) {}
 
 Session::~Session() = default;
 
@@ -86,20 +87,9 @@ const TenantConfig& Session::cfg() {
 
 // ---------------------------------------------------------------- inbound
 
-namespace {
-// The session whose frames this thread is handling (a delivery it causes may ask it to pause).
-thread_local Session* t_handling = nullptr;
-struct Handling {
-  explicit Handling(Session* s) : prev(t_handling) { t_handling = s; }
-  ~Handling() { t_handling = prev; }
-  Session* prev;
-};
-}  // namespace
-
 void Session::on_frame(std::string_view body) {
   const State st = state_.load();
   if (st == State::closed || closing_) return;
-  const Handling handling(this);
   rx_since_tick_ = true;
   ping_outstanding_ = false;
   bytes_in_.fetch_add(body.size() + 4, std::memory_order_relaxed);
@@ -153,39 +143,29 @@ void Session::handle(const proto::Frame& f, const proto::DecodeResult& r) {
 
 void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
   if (r.code != Code::ok) return fatal(r.code, r.detail, 1);
-  if (std::find(h.versions.begin(), h.versions.end(), proto::kProtocolVersion) == h.versions.end())
-    return fatal(Code::unsupported_version, "this gateway speaks protocol versions [1]", 1);
-  const auto* method = h.auth.get("method");
-  if (!method || method->type != proto::mp::Type::str)
-    return fatal(Code::auth_method_unsupported, "auth.method is missing; this gateway supports \"token\"", 1);
-  if (method->s != "token")
-    return fatal(Code::auth_method_unsupported,
-                 "auth method '" + std::string(method->s.substr(0, 32)) + "' is not supported; use \"token\"", 1);
-  const auto* token = h.auth.get("token");
-  if (!token || token->type != proto::mp::Type::str) return fatal(Code::auth_failed, "auth.token is missing", 1);
-  auto auth = server_.registry().authenticate(token->s);
+  const HelloCheck check = check_hello(h);
+  if (check.code != Code::ok) return fatal(check.code, check.message, 1);
+  auto auth = server_.registry().authenticate(check.token);
   if (!auth) return fatal(Code::auth_failed, "the token was not accepted", 1);
   if (server_.draining()) return fatal(Code::shutting_down, "the gateway is shutting down", 1);
   if (!auth->tenant->try_acquire_connection())
     return fatal(Code::too_many_connections, "tenant '" + auth->tenant->name() + "' reached its connection limit", 1);
   counted_connection_ = true;
-  tenant_ = auth->tenant;
+  {
+    std::lock_guard lk(meta_mu_);  // info() reads them from other threads
+    tenant_ = auth->tenant;
+    if (h.name) client_name_ = std::string(h.name->substr(0, 128));
+  }
+  lane_ = tenant_->lane(server_.config().max_backlog_bytes);
   token_digest_ = std::move(auth->digest);
   const TenantConfig& c = cfg();
-  if (h.name) client_name_ = std::string(h.name->substr(0, 128));
 
   const auto& gc = server_.config();
-  max_payload_ = c.limits.max_payload;
-  // The bus limits payload and headers together; keep room for headers (at most 64 KiB).
-  if (const size_t bus_max = server_.bus().max_message(); bus_max > 0)
-    max_payload_ = std::min(max_payload_, bus_max > 2 * kFrameOverhead ? bus_max - kFrameOverhead : bus_max / 2);
-  max_frame_ = max_payload_ + kFrameOverhead;
-  // The client may ask for a smaller maximum (never below the pre-handshake one); it applies both ways.
-  if (const auto* mf = h.opts.get("max_frame"); mf && mf->type == proto::mp::Type::uint)
-    max_frame_ = std::clamp<size_t>(mf->u, proto::kPreHandshakeMaxFrame, max_frame_);
-  heartbeat_ms_ = gc.heartbeat_ms;
-  if (const auto* hb = h.opts.get("heartbeat_ms"); hb && hb->type == proto::mp::Type::uint && hb->u > 0)
-    heartbeat_ms_ = static_cast<uint32_t>(std::clamp<uint64_t>(hb->u, gc.min_heartbeat_ms, gc.heartbeat_ms));
+  const Negotiated n =
+      negotiate(h, {c.limits.max_payload, server_.bus().max_message(), gc.heartbeat_ms, gc.min_heartbeat_ms});
+  max_payload_ = n.max_payload;
+  max_frame_ = n.max_frame;
+  heartbeat_ms_ = n.heartbeat_ms;
   transport_->set_max_frame(max_frame_);
 
   proto::Welcome w;
@@ -205,7 +185,7 @@ void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
   add("heartbeat_ms", heartbeat_ms_);
   add("max_subs", c.limits.max_subscriptions);
   add("max_inflight", c.limits.max_inflight_requests);
-  add("max_pending", max_pending_);
+  add("max_pending", out_.max_pending());
   add("request_timeout_ms", gc.request_timeout_ms);
   add("max_timeout_ms", gc.max_request_timeout_ms);
   send_frame(w);
@@ -218,6 +198,7 @@ void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
 
 void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
   msgs_in_.fetch_add(1, std::memory_order_relaxed);
+  published_ = true;
   const uint64_t ref = p.ack;
   if (r.code != Code::ok) return send_err(r.code, r.detail, 3, ref);
   if (p.payload.size() > max_payload_)
@@ -233,10 +214,7 @@ void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
     // A reply subject: allowed once for each message that carried it to this connection.
     {
       std::lock_guard lk(out_mu_);
-      if (auto it = grants_.find(std::string(p.subject)); it != grants_.end()) {
-        subject = std::move(it->second);
-        grants_.erase(it);
-      }
+      subject = grants_.take(p.subject);
     }
     if (subject.empty())
       return send_err(Code::permission_denied,
@@ -289,7 +267,7 @@ void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
       st->mapping.bus_subject, st->queue,
       [weak, st](const BusMessagePtr& m) {
         if (!st->live.load(std::memory_order_acquire)) return;
-        if (auto self = weak.lock()) self->deliver(*st, m);
+        if (auto self = weak.lock()) self->deliver(st, m);
       },
       [weak, st, ex = ex_] {
         asio::post(ex, [weak, st] {
@@ -359,7 +337,7 @@ void Session::remove_sub(uint32_t sid) {
 void Session::on_req(const proto::Req& q, const proto::DecodeResult& r) {
   msgs_in_.fetch_add(1, std::memory_order_relaxed);
   if (r.code != Code::ok) return send_res(q.req_id, r.code, r.detail);
-  if (inflight_.count(q.req_id))
+  if (inflight_.contains(q.req_id))
     return send_res(q.req_id, Code::duplicate_request_id, "req_id " + std::to_string(q.req_id) + " is in flight");
   if (q.payload.size() > max_payload_)
     return send_res(q.req_id, Code::payload_too_large,
@@ -384,10 +362,7 @@ void Session::on_req(const proto::Req& q, const proto::DecodeResult& r) {
   server_.metrics().requests_inflight.fetch_add(1, std::memory_order_relaxed);
 
   const auto now = Clock::now();
-  Inflight& inf = inflight_[q.req_id];
-  inf.started = now;
-  inf.deadline = now + std::chrono::milliseconds(timeout);
-  inf.timeout_ms = timeout;
+  RequestTable::Entry& inf = inflight_.add(q.req_id, now, timeout);
   inflight_count_.store(inflight_.size(), std::memory_order_relaxed);
   const uint32_t req_id = q.req_id;
   std::weak_ptr<Session> weak = weak_from_this();
@@ -402,11 +377,8 @@ void Session::on_req(const proto::Req& q, const proto::DecodeResult& r) {
   arm_request_timer(inf.deadline);
 }
 
-// One timer per session serves every request deadline. It is moved only when a new deadline is
-// earlier than the armed one, so a steady stream of requests does not touch the timer at all.
 void Session::arm_request_timer(Clock::time_point deadline) {
-  if (deadline >= request_timer_at_) return;
-  request_timer_at_ = deadline;
+  if (!inflight_.arm(deadline)) return;
   request_timer_.expires_at(deadline);
   request_timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
     if (ec) return;
@@ -415,28 +387,20 @@ void Session::arm_request_timer(Clock::time_point deadline) {
 }
 
 void Session::on_request_timer() {
-  request_timer_at_ = Clock::time_point::max();
-  const auto now = Clock::now();
-  std::vector<uint32_t> expired;
-  auto next = Clock::time_point::max();
-  for (const auto& [req_id, inf] : inflight_) {
-    if (inf.deadline <= now) expired.push_back(req_id);
-    else next = std::min(next, inf.deadline);
-  }
-  for (const uint32_t req_id : expired) {
-    const Inflight& inf = inflight_[req_id];
+  Clock::time_point next;
+  for (const auto& [req_id, inf] : inflight_.expire(Clock::now(), next)) {
     server_.bus().cancel_request(inf.token);
     send_res(req_id, Code::request_timeout, "no reply within " + std::to_string(inf.timeout_ms) + " ms");
-    finish_request(req_id);
+    request_done();
   }
   if (next != Clock::time_point::max()) arm_request_timer(next);
   flush();
 }
 
 void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const BusMessagePtr& m) {
-  auto it = inflight_.find(req_id);
-  if (it == inflight_.end() || it->second.token != token) return;  // timed out or cancelled
-  const auto started = it->second.started;
+  const auto* inf = inflight_.find(req_id, token);
+  if (!inf) return;  // timed out or cancelled
+  const auto started = inf->started;
   if (status == Code::ok && m) {
     std::string frame;
     proto::encode_res_framed(frame, req_id, 0, m->payload, m->headers);
@@ -444,7 +408,7 @@ void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const B
       send_res(req_id, Code::payload_too_large,
                "the reply of " + std::to_string(frame.size() - 4) + " bytes is above max_frame");
     } else if (std::lock_guard lk(out_mu_); admit_locked(frame.size())) {
-      out_buf_ += frame;
+      out_.buf() += frame;
       msgs_out_.fetch_add(1, std::memory_order_relaxed);
       bytes_out_.fetch_add(frame.size(), std::memory_order_relaxed);
     }
@@ -462,9 +426,10 @@ void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const B
 }
 
 void Session::finish_request(uint32_t req_id) {
-  auto it = inflight_.find(req_id);
-  if (it == inflight_.end()) return;
-  inflight_.erase(it);  // the request timer is not moved: it skips requests that are gone
+  if (inflight_.erase(req_id)) request_done();  // the request timer is not moved: it skips requests that are gone
+}
+
+void Session::request_done() {
   inflight_count_.store(inflight_.size(), std::memory_order_relaxed);
   tenant_->release_request();
   server_.metrics().requests_inflight.fetch_sub(1, std::memory_order_relaxed);
@@ -484,46 +449,27 @@ void Session::encode_headers_with_tenant(const proto::Headers& h, std::string& o
   w.str(tenant_->name());
 }
 
-namespace {
-// `_INBOX.<node>.js.…`: where a gateway node waits for the store confirmations of JetStream
-// publishes. Core subscribers of a stream subject see it as the reply subject of a stored publish;
-// it is the bus's, never the publisher's, so it is not shown (docs/protocol.md section 16.5).
-bool is_store_confirmation_inbox(std::string_view reply) {
-  if (!reply.starts_with("_INBOX.")) return false;
-  const auto node_end = reply.find('.', 7);
-  return node_end != std::string_view::npos && reply.substr(node_end).starts_with(".js.");
-}
-}  // namespace
-
-std::string Session::map_reply_locked(const std::string& bus_reply, const std::string& prefix) {
-  if (bus_reply.empty() || is_store_confirmation_inbox(bus_reply)) return {};
-  std::string visible;
-  if (bus_reply.starts_with(prefix)) visible = bus_reply.substr(prefix.size());  // the tenant's own subject
-  else if (bus_reply.starts_with(kInbox)) visible = bus_reply;                   // a gateway request inbox
-  else visible = "_INBOX.gw." + std::to_string(++grant_seq_);                     // opaque alias
-  if (!visible.starts_with(kInbox)) return visible;
-  if (grants_.emplace(visible, bus_reply).second) {
-    grant_order_.push_back(visible);
-    if (grant_order_.size() > kMaxGrants) {
-      grants_.erase(grant_order_.front());
-      grant_order_.pop_front();
-    }
-  }
-  return visible;
+void Session::deliver(const std::shared_ptr<SubState>& sub, const BusMessagePtr& m) {
+  if (!lane_->offer(shared_from_this(), sub, m))
+    server_.metrics().backlog_drops.fetch_add(1, std::memory_order_relaxed);
 }
 
-void Session::deliver(SubState& sub, const BusMessagePtr& m) {
+bool Session::lane_deliver(const std::shared_ptr<void>& s, const BusMessagePtr& m) {
+  auto& sub = *static_cast<SubState*>(s.get());
+  if (!sub.live.load(std::memory_order_acquire)) return false;
   auto subject = map_back(sub.mapping, m->subject);
-  if (!subject) return;
+  if (!subject) return false;
   if (sub.filter) {
     for (const auto& d : sub.deny)
-      if (proto::subject_matches(d, *subject)) return;
+      if (proto::subject_matches(d, *subject)) return false;
   }
-  queue_msg(sub, *m, *subject, false, 0, 0);
+  bool congested = false;
+  queue_msg(sub, *m, *subject, false, 0, 0, &congested);
+  return congested;
 }
 
 bool Session::queue_msg(SubState& sub, const BusMessage& m, std::string_view subject, bool durable,
-                        uint64_t delivery_id, uint32_t attempt) {
+                        uint64_t delivery_id, uint32_t attempt, bool* congested) {
   // Anything on the bus may publish: a subject that is not UTF-8 cannot be a MSG subject (a str),
   // so the message is not delivered (docs/protocol.md section 11, "From the bus").
   if (!proto::is_valid_utf8(subject)) {
@@ -542,20 +488,20 @@ bool Session::queue_msg(SubState& sub, const BusMessage& m, std::string_view sub
     std::unique_lock lk(out_mu_);
     if (state_.load() == State::closed || closing_) return false;
     // A durable delivery is answered with ACK: it carries no reply subject (docs/protocol.md 16.2).
-    const std::string reply = durable ? std::string{} : map_reply_locked(std::string(m.reply_to), sub.own_prefix);
-    const size_t before = out_buf_.size();
-    proto::encode_msg_framed(out_buf_, sub.sid, subject, m.payload, m.headers, reply, delivery_id, attempt);
-    const size_t n = out_buf_.size() - before;
+    const std::string reply = durable ? std::string{} : grants_.map(m.reply_to, sub.own_prefix);
+    const size_t before = out_.buf().size();
+    proto::encode_msg_framed(out_.buf(), sub.sid, subject, m.payload, m.headers, reply, delivery_id, attempt);
+    const size_t n = out_.buf().size() - before;
     if (n > max_frame_ + 4) {
-      out_buf_.resize(before);
-      proto::encode_err_framed(out_buf_, Code::payload_too_large,
+      out_.buf().resize(before);
+      proto::encode_err_framed(out_.buf(), Code::payload_too_large,
                                "a message of " + std::to_string(n - 4) + " bytes on '" +
                                    std::string(subject.substr(0, 64)) + "' is above max_frame and was not delivered",
                                4, sub.sid);
       server_.metrics().count_error(Code::payload_too_large);
       schedule_flush_locked();
     } else if (!admit_locked(0)) {
-      out_buf_.resize(before);
+      out_.buf().resize(before);
     } else {
       queued = true;
       msgs_out_.fetch_add(1, std::memory_order_relaxed);
@@ -563,8 +509,8 @@ bool Session::queue_msg(SubState& sub, const BusMessage& m, std::string_view sub
       tenant_->msgs_out.fetch_add(1, std::memory_order_relaxed);
       tenant_->bytes_out.fetch_add(m.payload.size(), std::memory_order_relaxed);
       schedule_flush_locked();
-      // Producer flow control; not for durable deliveries, whose pace is the consumer's window.
-      if (!durable) stall_producer_locked(lk);
+      // Producer flow control (not for durable deliveries, whose pace is the consumer's window).
+      if (congested && !stall_spent_ && !lane_waiting_ && out_.past_half()) *congested = true;
     }
   }
   if (last) {
@@ -574,35 +520,6 @@ bool Session::queue_msg(SubState& sub, const BusMessage& m, std::string_view sub
   return queued;
 }
 
-void Session::stall_producer_locked(std::unique_lock<std::mutex>& lk) {
-  const size_t high = max_pending_ / 2;
-  if (stall_spent_ || pending_locked() <= high) return;
-  // Never on this session's own thread: its writes complete there.
-  const void* own = &boost::asio::query(ex_, boost::asio::execution::context);
-  if (own == current_io_context()) {
-    // The publisher runs on this session's thread: it pauses reading after its read batch instead
-    // of waiting here, and is resumed when this queue is back under half (or after kProducerStall).
-    Session* pub = t_handling;
-    if (pub && pub != this && !pub->pace_requested_) {
-      peer_acked_more_locked();  // the mark note_idle_stall() compares with
-      server_.metrics().producer_paces.fetch_add(1, std::memory_order_relaxed);
-      pub->pace_requested_ = true;
-      pub->pacing_consumers_.push_back(weak_from_this());
-      paced_publishers_.push_back(pub->weak_from_this());
-    }
-    return;
-  }
-  const uint64_t writes_before = writes_done_;
-  server_.metrics().producer_paces.fetch_add(1, std::memory_order_relaxed);
-  peer_acked_more_locked();  // the mark to compare with after the wait
-  ++stall_waiters_;
-  const bool drained = drained_cv_.wait_for(lk, kProducerStall, [&] {
-    return closing_ || slow_ || state_.load() == State::closed || pending_locked() <= high;
-  });
-  --stall_waiters_;
-  if (!drained && writes_done_ == writes_before && !peer_acked_more_locked()) count_idle_stall_locked();
-}
-
 bool Session::peer_acked_more_locked() {
   const uint64_t acked = tcp_bytes_acked(fd_.load(std::memory_order_relaxed));
   const bool more = acked > acked_mark_;
@@ -610,71 +527,143 @@ bool Session::peer_acked_more_locked() {
   return more;
 }
 
-void Session::count_idle_stall_locked() {
-  if (++idle_stalls_ < kIdleStallsToGiveUp || stall_spent_) return;
-  stall_spent_ = true;
-  spdlog::debug("session={} made no write progress in {} ms; not waited for again until its queue empties",
-                session_id_, kProducerStall.count() * kIdleStallsToGiveUp);
+// ---------------------------------------------------------------- producer flow control
+
+void Session::lane_wait(const std::shared_ptr<DeliveryLane>& lane) {
+  asio::post(ex_, [self = shared_from_this(), lane] { self->start_lane_wait(lane); });
+}
+
+void Session::start_lane_wait(const std::shared_ptr<DeliveryLane>& lane) {
+  bool ready;
+  {
+    std::lock_guard lk(out_mu_);
+    ready = state_.load() == State::closed || closing_ || stall_spent_ || !out_.past_half();
+    if (!ready) {
+      lane_waiting_ = lane;
+      writes_mark_ = out_.writes_done();
+      peer_acked_more_locked();  // the mark to compare with at the next look
+    }
+  }
+  if (ready) return resume_lane(lane);
+  arm_lane_timer();
+}
+
+void Session::on_lane_timer() {
+  std::shared_ptr<DeliveryLane> lane;
+  {
+    std::lock_guard lk(out_mu_);
+    if (!lane_waiting_) return;
+    const bool progress = out_.writes_done() != writes_mark_;
+    const bool acked = peer_acked_more_locked();
+    writes_mark_ = out_.writes_done();
+    if (progress || acked) {
+      idle_stalls_ = 0;
+    } else if (++idle_stalls_ >= kIdleStallsToGiveUp) {
+      // The client reads nothing: the tenant's deliveries stop waiting for it until its queue empties.
+      stall_spent_ = true;
+      lane.swap(lane_waiting_);
+      spdlog::debug("session={} made no write progress in {} ms; not waited for again until its queue empties",
+                    session_id_, kProducerStall.count() * kIdleStallsToGiveUp);
+    }
+  }
+  if (lane) return resume_lane(std::move(lane));
+  arm_lane_timer();
+}
+
+void Session::arm_lane_timer() {
+  lane_timer_.expires_after(kProducerStall);
+  lane_timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
+    if (ec) return;
+    if (auto self = weak.lock()) self->on_lane_timer();
+  });
+}
+
+void Session::resume_lane(std::shared_ptr<DeliveryLane> lane) {
+  if (!lane) return;
+  lane_timer_.cancel();
+  if (!lane->resume(this, kLaneBudget)) return;
+  // More backlog than one turn: go on later on this thread, letting other connections run between.
+  struct Drain {
+    std::shared_ptr<DeliveryLane> lane;
+    asio::any_io_executor ex;
+    void operator()() const {
+      if (lane->drain(kLaneBudget)) asio::post(ex, *this);
+    }
+  };
+  asio::post(ex_, Drain{std::move(lane), ex_});
+}
+
+void Session::lane_overflow(size_t backlog_bytes) {
+  asio::post(ex_, [self = shared_from_this(), backlog_bytes] {
+    std::shared_ptr<DeliveryLane> lane;
+    {
+      std::lock_guard lk(self->out_mu_);
+      lane.swap(self->lane_waiting_);
+      if (self->out_.mark_slow()) {
+        self->server_.metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    self->fatal(Code::slow_consumer, "the client did not read fast enough: " + std::to_string(backlog_bytes) +
+                                         " bytes for its tenant waited behind it (max_backlog_bytes)");
+    self->resume_lane(std::move(lane));
+  });
 }
 
 bool Session::admit_locked(size_t extra) {
-  const size_t pending = pending_locked() + extra;
-  if (pending > max_pending_) {
-    if (!slow_) {
-      slow_ = true;
-      server_.metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
-      asio::post(ex_, [self = shared_from_this()] {
-        self->fatal(Code::slow_consumer, "the client did not read fast enough: outbound queue passed " +
-                                             std::to_string(self->max_pending_) + " bytes");
-      });
-    }
-    return false;
+  switch (out_.admit(extra)) {
+    case OutboundQueue::Admit::over:
+      if (out_.mark_slow()) {
+        server_.metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
+        asio::post(ex_, [self = shared_from_this()] {
+          self->fatal(Code::slow_consumer, "the client did not read fast enough: outbound queue passed " +
+                                               std::to_string(self->out_.max_pending()) + " bytes");
+        });
+      }
+      return false;
+    case OutboundQueue::Admit::warn:
+      proto::encode_err_framed(out_.buf(), Code::slow_consumer_warning,
+                               "outbound queue passed half of " + std::to_string(out_.max_pending()) + " bytes");
+      server_.metrics().count_error(Code::slow_consumer_warning);
+      return true;
+    default: return true;
   }
-  if (!warned_ && pending > max_pending_ / 2) {
-    warned_ = true;
-    proto::encode_err_framed(out_buf_, Code::slow_consumer_warning,
-                             "outbound queue passed half of " + std::to_string(max_pending_) + " bytes");
-    server_.metrics().count_error(Code::slow_consumer_warning);
-  }
-  return true;
 }
 
 void Session::send_frame(const proto::Frame& f) {
   std::lock_guard lk(out_mu_);
-  proto::encode_framed(f, out_buf_);
+  proto::encode_framed(f, out_.buf());
 }
 
 void Session::send_err(Code code, std::string_view message, uint64_t ref_op, uint64_t ref_id) {
   server_.metrics().count_error(code);
   std::lock_guard lk(out_mu_);
-  proto::encode_err_framed(out_buf_, code, message, ref_op, ref_id);
+  proto::encode_err_framed(out_.buf(), code, message, ref_op, ref_id);
 }
 
 void Session::send_ok(uint64_t ref_op, uint64_t ref_id) {
   std::lock_guard lk(out_mu_);
-  proto::encode_ok_framed(out_buf_, ref_op, ref_id);
+  proto::encode_ok_framed(out_.buf(), ref_op, ref_id);
 }
 
 void Session::send_res(uint32_t req_id, Code status, std::string_view message) {
   server_.metrics().count_error(status);
   std::lock_guard lk(out_mu_);
-  proto::encode_res_framed(out_buf_, req_id, static_cast<uint64_t>(status), message, {});
+  proto::encode_res_framed(out_.buf(), req_id, static_cast<uint64_t>(status), message, {});
 }
 
 bool Session::on_batch_end() {
   flush();
   if (sub_pending_) return false;  // finish_sub() resumes reading
-  if (pace_requested_) {
-    pace_requested_ = false;
+  const bool published = std::exchange(published_, false);
+  if (published && lane_ && lane_->busy()) {
+    // Producer flow control: the tenant's deliveries wait for a slow consumer; its publishers on this
+    // node pause until they are through (docs/protocol.md section 12, slow consumers).
+    server_.metrics().producer_paces.fetch_add(1, std::memory_order_relaxed);
     paced_ = true;
-    pace_timer_.expires_after(kProducerStall);
-    pace_timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
-      if (ec) return;
-      if (auto self = weak.lock()) {
-        for (auto& c : self->pacing_consumers_)
-          if (auto consumer = c.lock()) consumer->note_idle_stall();
-        self->resume_paced();
-      }
+    lane_->when_idle([weak = weak_from_this(), ex = ex_] {
+      asio::post(ex, [weak] {
+        if (auto self = weak.lock()) self->resume_paced();
+      });
     });
     return false;
   }
@@ -691,25 +680,13 @@ bool Session::on_batch_end() {
 }
 
 void Session::resume_paced() {
-  pacing_consumers_.clear();
   if (!paced_) return;
   paced_ = false;
-  pace_timer_.cancel();
   if (transport_) transport_->resume_read();
 }
 
-void Session::resume_publishers(const std::vector<std::weak_ptr<Session>>& publishers) {
-  for (const auto& w : publishers)
-    if (auto pub = w.lock()) asio::post(pub->ex_, [pub] { pub->resume_paced(); });
-}
-
-void Session::note_idle_stall() {
-  std::lock_guard lk(out_mu_);
-  if (!peer_acked_more_locked()) count_idle_stall_locked();
-}
-
 void Session::schedule_flush_locked() {
-  if (flush_posted_ || writing_) return;
+  if (flush_posted_ || out_.writing()) return;
   flush_posted_ = true;
   asio::post(ex_, [self = shared_from_this()] { self->flush(); });
 }
@@ -717,53 +694,29 @@ void Session::schedule_flush_locked() {
 void Session::flush() {
   std::unique_lock lk(out_mu_);
   flush_posted_ = false;
-  if (writing_ || !transport_) return;
-  if (write_off_ >= write_buf_.size()) {  // the batch in write_buf_ is written: take the next one
-    write_buf_.clear();
-    write_off_ = 0;
-    if (out_buf_.empty()) {
-      if (closing_) {
-        lk.unlock();
-        close_transport();
-      }
-      return;
-    }
-    std::swap(out_buf_, write_buf_);
-    out_buf_.clear();
-  }
+  if (out_.writing() || !transport_) return;
   // Byte streams are written in slices, so that a slow reader shows progress often (flow control
-  // waits on it) and one write never holds more than a slice of socket time.
-  size_t len = write_buf_.size() - write_off_;
-  if (transport_->byte_stream()) len = std::min(len, kWriteSlice);
-  const std::string_view slice(write_buf_.data() + write_off_, len);
-  write_len_ = len;
-  writing_ = true;
+  // looks for it) and one write never holds more than a slice of socket time.
+  const std::string_view slice = out_.next_slice(transport_->byte_stream() ? kWriteSlice : 0);
+  if (slice.empty()) {
+    if (closing_) {
+      lk.unlock();
+      close_transport();
+    }
+    return;
+  }
   lk.unlock();
   transport_->write(slice, [self = shared_from_this()](bool ok) { self->on_write(ok); });
 }
 
 void Session::on_write(bool ok) {
-  std::vector<std::weak_ptr<Session>> resume;
+  std::shared_ptr<DeliveryLane> lane;
   {
     std::lock_guard lk(out_mu_);
-    writing_ = false;
-    write_off_ += write_len_;
-    if (write_off_ >= write_buf_.size()) {
-      write_buf_.clear();
-      write_off_ = 0;
-      // Give memory back once a burst is over (both buffers empty), not between writes of a burst.
-      if (out_buf_.empty() && write_buf_.capacity() > 4 * 1024 * 1024) {
-        write_buf_.shrink_to_fit();
-        out_buf_.shrink_to_fit();
-      }
-      if (out_buf_.empty()) warned_ = stall_spent_ = false;  // only after the queue has emptied
-    }
-    ++writes_done_;
-    idle_stalls_ = 0;
-    if (stall_waiters_ > 0) drained_cv_.notify_all();
-    if (!paced_publishers_.empty() && pending_locked() <= max_pending_ / 2) resume.swap(paced_publishers_);
+    if (out_.written()) stall_spent_ = false;  // only after the queue has emptied
+    if (lane_waiting_ && !out_.past_half()) lane.swap(lane_waiting_);
   }
-  resume_publishers(resume);
+  if (lane) resume_lane(std::move(lane));
   if (!ok) return close_transport();
   flush();
 }
@@ -775,7 +728,7 @@ void Session::fatal(Code code, std::string_view message, uint64_t ref_op) {
   close_code_ = code;
   {
     std::lock_guard lk(out_mu_);
-    proto::encode_err_framed(out_buf_, code, message, ref_op);
+    proto::encode_err_framed(out_.buf(), code, message, ref_op);
     closing_ = true;
   }
   // Nothing more is delivered: stop the bus's callbacks at their first check, rather than at the
@@ -814,13 +767,12 @@ void Session::on_closed(std::string reason) {
 
 void Session::cleanup() {
   close_timer_.cancel();
-  pace_timer_.cancel();
-  std::vector<std::weak_ptr<Session>> resume;
+  std::shared_ptr<DeliveryLane> lane;
   {
     std::lock_guard lk(out_mu_);
-    resume.swap(paced_publishers_);
+    lane.swap(lane_waiting_);
   }
-  resume_publishers(resume);
+  resume_lane(std::move(lane));  // nothing waits for a closed connection
   handshake_timer_.cancel();
   heartbeat_timer_.cancel();
   drain_timer_.cancel();
@@ -834,21 +786,17 @@ void Session::cleanup() {
     subs_.clear();
   }
   request_timer_.cancel();
-  for (auto& [req_id, inf] : inflight_) {
+  for (const auto& [req_id, inf] : inflight_.take_all()) {
     server_.bus().cancel_request(inf.token);
-    tenant_->release_request();
-    server_.metrics().requests_inflight.fetch_sub(1, std::memory_order_relaxed);
+    request_done();
   }
-  inflight_.clear();
   if (counted_connection_) {
     tenant_->release_connection();
     counted_connection_ = false;
   }
   std::lock_guard lk(out_mu_);
-  out_buf_.clear();
-  out_buf_.shrink_to_fit();
+  out_.clear();
   grants_.clear();
-  grant_order_.clear();
 }
 
 // ---------------------------------------------------------------- timers and server requests
@@ -869,7 +817,8 @@ void Session::arm_heartbeat() {
     if (ec) return;
     auto self = weak.lock();
     if (!self || self->state_ == State::closed || self->closing_) return;
-    if (!self->rx_since_tick_) {
+    // A connection paced by flow control is not read: that is the gateway's doing, not idleness.
+    if (!self->rx_since_tick_ && !self->paced_) {
       if (self->ping_outstanding_)
         return self->fatal(Code::idle_timeout, "nothing received for " + std::to_string(2 * self->heartbeat_ms_) + " ms");
       self->ping_outstanding_ = true;
@@ -903,12 +852,10 @@ void Session::goaway(uint32_t delay_ms) {
 void Session::finish_drain() {
   if (state_ != State::draining || closing_) return;
   // docs/protocol.md section 14: RES SHUTTING_DOWN for every REQ still in flight, then a fatal ERR.
-  std::vector<uint32_t> ids;
-  for (const auto& [req_id, inf] : inflight_) ids.push_back(req_id);
-  for (const uint32_t req_id : ids) {
-    server_.bus().cancel_request(inflight_[req_id].token);
+  for (const auto& [req_id, inf] : inflight_.take_all()) {
+    server_.bus().cancel_request(inf.token);
     send_res(req_id, Code::shutting_down, "the gateway is shutting down; send the request again elsewhere");
-    finish_request(req_id);
+    request_done();
   }
   fatal(Code::shutting_down, "the gateway is shutting down; reconnect to another node");
 }
@@ -936,10 +883,13 @@ Session::Info Session::info() const {
   Info i;
   i.id = id_;
   i.session_id = session_id_;
-  i.tenant = tenant_ ? tenant_->name() : "";
+  {
+    std::lock_guard lk(meta_mu_);
+    i.tenant = tenant_ ? tenant_->name() : "";
+    i.name = client_name_;
+  }
   i.transport = transport_kind_;
   i.remote = remote_;
-  i.name = client_name_;
   i.state = state_name(state_.load());
   i.subscriptions = sub_count_.load(std::memory_order_relaxed);
   i.inflight = inflight_count_.load(std::memory_order_relaxed);
@@ -948,7 +898,7 @@ Session::Info Session::info() const {
   i.bytes_in = bytes_in_.load();
   i.bytes_out = bytes_out_.load();
   std::lock_guard lk(out_mu_);
-  i.pending_bytes = pending_locked();
+  i.pending_bytes = out_.pending();
   return i;
 }
 

@@ -6,7 +6,6 @@
 #include <chrono>
 #include <deque>
 #include <memory>
-#include <condition_variable>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -14,6 +13,10 @@
 
 #include "busgate/protocol/codec.hpp"
 #include "bus.hpp"
+#include "delivery_lane.hpp"
+#include "outbound_queue.hpp"
+#include "reply_grants.hpp"
+#include "request_table.hpp"
 #include "durable.hpp"
 #include "tenancy.hpp"
 #include "transport.hpp"
@@ -22,7 +25,7 @@ namespace busgate::gw {
 
 class Server;
 
-class Session : public std::enable_shared_from_this<Session> {
+class Session : public std::enable_shared_from_this<Session>, public LaneConsumer {
  public:
   enum class State { handshake, open, draining, closed };
 
@@ -68,12 +71,6 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   struct SubState;
   class DurableSinkImpl;
-  struct Inflight {
-    uint64_t token = 0;  // the bus's request token
-    std::chrono::steady_clock::time_point started;
-    std::chrono::steady_clock::time_point deadline;
-    uint64_t timeout_ms = 0;
-  };
 
   void handle(const proto::Frame& f, const proto::DecodeResult& r);
   void on_hello(const proto::Hello& h, const proto::DecodeResult& r);
@@ -97,16 +94,26 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_req(const proto::Req& q, const proto::DecodeResult& r);
   void on_bus_reply(uint32_t req_id, uint64_t token, proto::Code status, const BusMessagePtr& reply);
   void finish_request(uint32_t req_id);
+  void request_done();  // a request left the table: counters and the tenant's in-flight limit
   void arm_request_timer(std::chrono::steady_clock::time_point deadline);
   void on_request_timer();
   void remove_sub(uint32_t sid);
 
-  // Outbound (any thread): encode into the queue under out_mu_, then make sure a flush is coming.
-  void deliver(SubState& sub, const BusMessagePtr& m);
-  // Encodes a MSG into the outbound queue; false when it was not queued (closing, above max_frame:
-  // ERR PAYLOAD_TOO_LARGE instead, or over the outbound bound).
+  // Outbound (any thread): a plain subscription's message goes through the tenant's delivery lane
+  // (delivery_lane.hpp), which calls lane_deliver().
+  void deliver(const std::shared_ptr<SubState>& sub, const BusMessagePtr& m);
+  bool lane_deliver(const std::shared_ptr<void>& sub, const BusMessagePtr& msg) override;
+  void lane_wait(const std::shared_ptr<DeliveryLane>& lane) override;
+  void lane_overflow(size_t backlog_bytes) override;
+  void start_lane_wait(const std::shared_ptr<DeliveryLane>& lane);  // executor
+  void on_lane_timer();
+  void arm_lane_timer();  // the next look for progress, kProducerStall from now
+  void resume_lane(std::shared_ptr<DeliveryLane> lane);  // executor
+  // Encodes a MSG into the outbound queue (under out_mu_); false when it was not queued (closing,
+  // above max_frame: ERR PAYLOAD_TOO_LARGE instead, or over the outbound bound). `congested`, when
+  // given, is set when the queue is now past half its bound and a delivery lane should wait for it.
   bool queue_msg(SubState& sub, const BusMessage& m, std::string_view subject, bool durable, uint64_t delivery_id,
-                 uint32_t attempt);
+                 uint32_t attempt, bool* congested = nullptr);
   void send_err(proto::Code code, std::string_view message, uint64_t ref_op = 0, uint64_t ref_id = 0);
   void send_ok(uint64_t ref_op, uint64_t ref_id);
   void send_res(uint32_t req_id, proto::Code status, std::string_view message);
@@ -114,14 +121,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // Checks the outbound bound for `extra` more bytes; false (and the slow-consumer policy applied)
   // when the frame must be dropped. Caller holds out_mu_.
   bool admit_locked(size_t extra);
-  void stall_producer_locked(std::unique_lock<std::mutex>& lk);
-  void resume_paced();      // publisher side: a consumer drained, or the pace timer fired
-  void note_idle_stall();   // consumer side: a paced publisher waited 10 ms for nothing
-  void count_idle_stall_locked();  // a wait without progress; gives up on this consumer after a few
+  void resume_paced();             // publisher side: the tenant's lane is idle again
   bool peer_acked_more_locked();   // the peer acknowledged bytes since the last look
-  static void resume_publishers(const std::vector<std::weak_ptr<Session>>& publishers);
-  // Bytes queued toward the client and not yet written. Caller holds out_mu_.
-  size_t pending_locked() const { return out_buf_.size() + write_buf_.size() - write_off_; }
   void schedule_flush_locked();
   void flush();
   void on_write(bool ok);
@@ -131,8 +132,6 @@ class Session : public std::enable_shared_from_this<Session> {
 
   const TenantConfig& cfg();  // refreshed when the tenant's configuration was reloaded
   void encode_headers_with_tenant(const proto::Headers& h, std::string& out) const;
-  // Maps a bus reply subject to what the client sees; grants the ones outside the tenant namespace.
-  std::string map_reply_locked(const std::string& bus_reply, const std::string& own_prefix);
   void arm_handshake_timer();
   void arm_heartbeat();
   void finish_drain();  // at the GOAWAY delay: RES SHUTTING_DOWN for in-flight REQs, then close
@@ -149,6 +148,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string close_reason_;
   proto::Code close_code_ = proto::Code::ok;  // the fatal error that closes the connection
 
+  mutable std::mutex meta_mu_;  // guards tenant_ and client_name_ against info() on other threads
   std::shared_ptr<TenantState> tenant_;
   std::shared_ptr<const TenantConfig> cfg_;
   uint64_t cfg_gen_ = 0;
@@ -167,44 +167,30 @@ class Session : public std::enable_shared_from_this<Session> {
 
   std::unordered_map<uint32_t, std::shared_ptr<SubState>> subs_;  // changed on the executor only
   mutable std::mutex subs_mu_;  // held while subs_ changes, and by readers on other threads
-  std::unordered_map<uint32_t, Inflight> inflight_;
+  RequestTable inflight_;
   boost::asio::steady_timer request_timer_;
-  std::chrono::steady_clock::time_point request_timer_at_ = std::chrono::steady_clock::time_point::max();
 
   mutable std::mutex out_mu_;
-  std::string out_buf_;      // frames waiting to be written
-  std::string write_buf_;    // frames being written, from write_off_ on
-  size_t write_off_ = 0;
-  size_t write_len_ = 0;     // the slice being written
-  bool writing_ = false;
+  OutboundQueue out_;         // under out_mu_
   bool flush_posted_ = false;
   bool closing_ = false;     // a fatal ERR is queued: write it, then close
-  bool slow_ = false;
-  bool warned_ = false;
-  size_t max_pending_;
-  // Producer flow control: a delivery that finds the queue past half of max_pending_ waits (briefly)
-  // for this session's writes to bring it back, so that a consumer that reads, only slower than a
-  // burst arrives, slows the burst down instead of being cut off. A consumer that makes no progress
-  // during one wait is not waited for again until its queue has emptied.
-  std::condition_variable drained_cv_;
-  uint32_t stall_waiters_ = 0;
-  uint64_t writes_done_ = 0;
-  uint32_t idle_stalls_ = 0;  // consecutive waits that saw no progress (no write done, nothing acked)
-  uint64_t acked_mark_ = 0;  // the peer's acknowledged bytes at the last look
-  std::atomic<int> fd_{-1};  // the socket, for TCP_INFO; -1 once closed
+  // Producer flow control (delivery_lane.hpp): when a delivery takes the queue past half of
+  // max_pending_, the tenant's lane waits for this session's writes to bring it back (lane_waiting_),
+  // so that a consumer that reads, only slower than a burst arrives, slows the burst down instead of
+  // being cut off. A consumer that makes no progress for kIdleStallsToGiveUp pace intervals is not
+  // waited for again until its queue has emptied (stall_spent_).
+  uint64_t writes_mark_ = 0;  // out_.writes_done() at the last look of the lane timer
+  uint32_t idle_stalls_ = 0;  // consecutive pace intervals that saw no progress
+  uint64_t acked_mark_ = 0;   // the peer's acknowledged bytes at the last look
+  std::atomic<int> fd_{-1};   // the socket, for TCP_INFO on the executor only; -1 once closed
   bool stall_spent_ = false;
-  // Publishers on this session's own thread cannot wait for it; they pause reading instead, and
-  // this session resumes them when its queue is back under half (under out_mu_).
-  std::vector<std::weak_ptr<Session>> paced_publishers_;
-  // As a publisher (this session's executor only): a delivery asked to pause after this read batch.
-  std::vector<std::weak_ptr<Session>> pacing_consumers_;
-  bool pace_requested_ = false;
+  std::shared_ptr<DeliveryLane> lane_waiting_;  // the lane that waits for this session (under out_mu_)
+  boost::asio::steady_timer lane_timer_;
+  std::shared_ptr<DeliveryLane> lane_;  // the tenant's, set at HELLO (executor), read by bus threads after
+  bool published_ = false;    // this read batch held a PUB (executor only)
   bool sub_pending_ = false;  // a SUB waits for the bus; later frames wait for it (executor only)
-  bool paced_ = false;
-  boost::asio::steady_timer pace_timer_;
-  std::unordered_map<std::string, std::string> grants_;  // visible reply subject → bus subject
-  std::deque<std::string> grant_order_;
-  uint64_t grant_seq_ = 0;
+  bool paced_ = false;        // reading paused until the tenant's lane is idle
+  ReplyGrants grants_;  // under out_mu_
 
   std::atomic<size_t> sub_count_{0}, inflight_count_{0};
   std::atomic<uint64_t> msgs_in_{0}, msgs_out_{0}, bytes_in_{0}, bytes_out_{0};

@@ -155,6 +155,12 @@ void TenantState::set_config(std::shared_ptr<const TenantConfig> c) {
   generation_.fetch_add(1, std::memory_order_release);
 }
 
+std::shared_ptr<DeliveryLane> TenantState::lane(size_t max_backlog_bytes) {
+  std::lock_guard lk(mu_);
+  if (!lane_) lane_ = std::make_shared<DeliveryLane>(max_backlog_bytes);
+  return lane_;
+}
+
 bool TenantState::try_acquire_connection() {
   const auto max = static_cast<int>(config()->limits.max_connections);
   int cur = connections_.load();

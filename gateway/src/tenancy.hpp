@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "delivery_lane.hpp"
 
 namespace busgate::gw {
 
@@ -83,6 +84,9 @@ class TenantState {
     return try_publish_limited(bytes);
   }
 
+  // The tenant's delivery lane (delivery_lane.hpp), created on first use with this backlog bound.
+  std::shared_ptr<DeliveryLane> lane(size_t max_backlog_bytes);
+
   int connections() const { return connections_.load(); }
   int inflight() const { return inflight_.load(); }
 
@@ -101,6 +105,7 @@ class TenantState {
   std::mutex bucket_mu_;
   TokenBucket msg_bucket_, byte_bucket_;
   std::atomic<bool> unlimited_publish_{true};
+  std::shared_ptr<DeliveryLane> lane_;  // under mu_
 };
 
 class TenantRegistry {
