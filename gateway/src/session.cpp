@@ -27,7 +27,7 @@ constexpr auto kFatalWriteGrace = std::chrono::seconds(5);
 // Producer flow control: how often a delivery lane waiting for this consumer looks for progress...
 constexpr auto kProducerStall = std::chrono::milliseconds(10);
 // ... and gives up on a consumer (until its queue empties) after this many looks without progress.
-constexpr uint32_t kIdleStallsToGiveUp = 2;
+constexpr uint32_t kIdleStallsToGiveUp = 5;
 // Backlog entries a lane delivers in one turn of a consumer's thread before letting others run.
 constexpr size_t kLaneBudget = 256;
 constexpr size_t kWriteSlice = 256 * 1024;
