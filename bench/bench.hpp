@@ -43,6 +43,15 @@ struct Options {
   std::string durable = "workers";     // the durable consumer's name
   std::string direct_mode = "inbox";   // stored, direct target: inbox (PubAcks counted) | async
   bool subject_given = false;
+  // cross-tenant isolation (cross_bench.cpp)
+  std::string token_b;                   // tenant B's token
+  std::string b_modes = "stalled,slow";  // B's behaviours to run after A alone (stalled, slow, healthy)
+  double b_read_rate = 20000;            // B's slow subscriber: messages it reads per second
+  size_t b_rcvbuf = 0;                   // ... its SO_RCVBUF (0: the kernel's default)
+  int b_mss = 1448;                      // ... its TCP segment size (0: the route's, 64 KiB on loopback)
+  bool b_same_thread = false;            // B's publisher on its subscriber's I/O thread (two threads)
+  std::string metrics;                   // the gateway's HTTP address: B's publisher stops once B is cut off
+  double drain = 2;                      // seconds A's subscriber may take after the window for the rest
 };
 
 inline double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -57,12 +66,15 @@ inline void emit(const Options& o, const std::string& fields) {
 
 class BgConn {
  public:
-  BgConn(const std::string& host, int port, const std::string& token, size_t rcvbuf = 0) : parser_(1 << 20) {
+  // `mss`: the largest segment this end accepts (0: the route's; loopback's is about 64 KiB).
+  BgConn(const std::string& host, int port, const std::string& token, size_t rcvbuf = 0, int mss = 0)
+      : parser_(1 << 20) {
     fd_ = socket(AF_INET, SOCK_STREAM, 0);
     if (rcvbuf) {
       int v = static_cast<int>(rcvbuf);
       setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
     }
+    if (mss) setsockopt(fd_, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof mss);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(static_cast<uint16_t>(port));
@@ -118,10 +130,11 @@ class BgConn {
       send_all(pong);
     }
   }
-  // One read of whatever the socket has (blocking until something arrives); false on close.
-  bool fill() {
-    char* p = parser_.prepare(1 << 16);
-    const ssize_t n = ::recv(fd_, p, 1 << 16, 0);
+  // One read of whatever the socket has, up to `max` bytes (blocking until something arrives); false on
+  // close.
+  bool fill(size_t max = 1 << 16) {
+    char* p = parser_.prepare(max);
+    const ssize_t n = ::recv(fd_, p, max, 0);
     if (n <= 0) return false;
     parser_.commit(static_cast<size_t>(n));
     return true;
@@ -160,11 +173,12 @@ inline void parse_hostport(const std::string& url, std::string& host, int& port)
   port = std::stoi(rest.substr(c + 1));
 }
 
-inline std::unique_ptr<BgConn> bg_connect(const std::string& url, const std::string& token, size_t rcvbuf = 0) {
+inline std::unique_ptr<BgConn> bg_connect(const std::string& url, const std::string& token, size_t rcvbuf = 0,
+                                          int mss = 0) {
   std::string host;
   int port = 0;
   parse_hostport(url, host, port);
-  return std::make_unique<BgConn>(host, port, token, rcvbuf);
+  return std::make_unique<BgConn>(host, port, token, rcvbuf, mss);
 }
 
 // ------------------------------------------------------------------ NATS side (cnats)
@@ -187,5 +201,7 @@ inline int64_t now_ns() {
 // Durable work queues (bench/durable_bench.cpp).
 void workload_stored(const Options& o);
 void workload_consume(const Options& o);
+// Cross-tenant isolation (bench/cross_bench.cpp).
+void workload_cross(const Options& o);
 
 }  // namespace busgate::bench

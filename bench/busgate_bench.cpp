@@ -3,8 +3,9 @@
 // object per line. bench/run.py runs both sides in one go and computes the ratios.
 //
 //   busgate-bench --target URL --workload NAME [--size B] [--count N] [--subs N] [--seconds S] ...
-//   workloads: pub, pubsub, fanout, reqrep, openloop, idle, isolation, stored, consume
-//   (stored and consume, the durable work queues, are in durable_bench.cpp)
+//   workloads: pub, pubsub, fanout, reqrep, openloop, idle, isolation, stored, consume, cross
+//   (stored and consume, the durable work queues, are in durable_bench.cpp; cross, the cross-tenant
+//   isolation, in cross_bench.cpp)
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -476,16 +477,27 @@ int main(int argc, char** argv) {
     else if (a == "--stream") o.stream = val();
     else if (a == "--durable") o.durable = val();
     else if (a == "--direct-mode") o.direct_mode = val();
+    else if (a == "--token-b") o.token_b = val();
+    else if (a == "--b-read-rate") o.b_read_rate = std::stod(val());
+    else if (a == "--metrics") o.metrics = val();
+    else if (a == "--b-rcvbuf") o.b_rcvbuf = std::stoul(val());
+    else if (a == "--b-modes") o.b_modes = val();
+    else if (a == "--b-mss") o.b_mss = std::stoi(val());
+    else if (a == "--drain") o.drain = std::stod(val());
+    else if (a == "--b-same-thread") o.b_same_thread = true;
     else if (a == "--subject") {
       o.subject = val();
       o.subject_given = true;
     }
     else if (a == "--help") {
-      std::puts("busgate-bench --target busgate://H:P|nats://H:P --workload pub|pubsub|fanout|reqrep|openloop|idle|isolation|stored|consume\n"
+      std::puts("busgate-bench --target busgate://H:P|nats://H:P\n"
+                "  --workload pub|pubsub|fanout|reqrep|openloop|idle|isolation|stored|consume|cross\n"
                 "  [--size B] [--count N] [--subs N] [--seconds S] [--rate R] [--conns N] [--server-pid PID] [--token T]\n"
                 "  [--responder nats://H:P|busgate://H:P]  (reqrep/openloop: where the responder runs)\n"
                 "  [--subject S] [--window W] [--prefill N] [--stream NAME] [--durable NAME]\n"
-                "  [--direct-mode async|inbox]  (stored/consume)");
+                "  [--direct-mode async|inbox]  (stored/consume)\n"
+                "  [--token-b T] [--metrics http://H:P] [--drain S] [--b-modes stalled,slow,healthy] [--b-read-rate MSGS]\n"
+                "  [--b-rcvbuf B] [--b-mss B] [--b-same-thread]  (cross; --seconds is the window)");
       return 0;
     } else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
@@ -506,6 +518,7 @@ int main(int argc, char** argv) {
     else if (o.workload == "isolation") workload_isolation(o);
     else if (o.workload == "stored") workload_stored(o);
     else if (o.workload == "consume") workload_consume(o);
+    else if (o.workload == "cross") workload_cross(o);
     else throw std::runtime_error("unknown workload " + o.workload);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "busgate-bench: %s\n", e.what());

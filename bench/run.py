@@ -9,6 +9,11 @@ on its memory bus, in interleaved rounds on this machine. Prints a table, the he
 nats-server runs with JetStream (file storage in a temporary directory) for the durable work-queue
 workloads (`stored`, `consume`): the gateways' tenant has a workqueue stream `jobs` and a consumer
 `workers`; the direct side creates its own stream with the same settings on other subjects.
+
+Cross-tenant isolation (`cross`, bench/cross_bench.cpp) runs on two more gateways (NATS bus and memory
+bus) with a second tenant, `other`, and two I/O threads; it prints `I_cross` (the lower of the two
+buses and of B stalled and B slow, each relative to B healthy) with `I_cross_stalled` and
+`I_cross_slow`.
 """
 from __future__ import annotations
 
@@ -85,25 +90,37 @@ DURABLE_TENANT = f"""\
 """
 
 
-def start_gateway(binary, nats_url=None, max_pending=67108864, durable=False):
+# The cross-tenant isolation run's second tenant (bench/cross_bench.cpp): its own token and namespace.
+TENANT_B = "tenant-b-token"
+CROSS_TENANT = f"""\
+ - name: other
+   tokens: [{TENANT_B}]
+   limits: {{max_connections: 100000}}
+"""
+
+
+def start_gateway(binary, nats_url=None, max_pending=67108864, durable=False, cross=False):
     tcp, http = free_port(), free_port()
     cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     bus = f"bus: {{kind: nats, servers: [\"{nats_url}\"]}}\n" if nats_url else ""
     # Throughput runs use outbound queues as large as nats-server's (64 MiB), so they measure delivery,
-    # not the slow-consumer policy; the isolation run uses the default bound (8 MiB).
+    # not the slow-consumer policy; the isolation runs use the default bound (8 MiB). The cross-tenant
+    # run fixes two I/O threads, so that where its connections land does not depend on the core count.
     cfg.write(f"""node_id: bench-{'nats' if nats_url else 'mem'}-{tcp}
 listen: {{tcp: "127.0.0.1:{tcp}", http: "127.0.0.1:{http}"}}
 log: {{level: warn}}
 limits: {{max_pending_bytes: {max_pending}}}
 timeouts: {{goaway_delay_ms: 0, drain_ms: 1000}}
+{"threads: 2" if cross else ""}
 {bus}tenants:
  - name: demo
    tokens: [dev-token]
    limits: {{max_connections: 100000}}
-{DURABLE_TENANT if durable else ""}""")
+{DURABLE_TENANT if durable else ""}{CROSS_TENANT if cross else ""}""")
     cfg.close()
     g = Proc([str(binary), "--config", cfg.name], ready_port=tcp)
     g.files = [cfg.name]
+    g.http = f"http://127.0.0.1:{http}"
     time.sleep(0.2)
     return g, f"busgate://127.0.0.1:{tcp}"
 
@@ -232,14 +249,43 @@ def main():
             runs.sort(key=lambda r: r["isolation"])
             iso[side] = runs[pairs // 2]  # the median pair (each run is one pair: without, then with)
         results += [{**v, "side": k} for k, v in iso.items()]
+        cross = cross_isolation(bench_bin, gw_bin, nats_url, quick, extra, results)
     finally:
         for p in (gw_mem, gw_nats, *extra, nats):
             p.stop()
         shutil.rmtree(js_dir, ignore_errors=True)
-    return report(a, rounds, sizes, table, results, idle, iso)
+    return report(a, rounds, sizes, table, results, idle, iso, cross)
 
 
-def report(a, rounds, sizes, table, results, idle, iso):
+CROSS_MODES = ("stalled", "slow")
+
+
+def cross_isolation(bench_bin, gw_bin, nats_url, quick, extra, results):
+    """Cross-tenant isolation (bench/cross_bench.cpp) on gateways with two tenants and the default
+    outbound bound, on the NATS bus and on the memory bus. Each run is a window of A alone, then one
+    with B stalled, one with B slow and one with B healthy. B's traffic costs A a share of the cores
+    whatever B's subscriber does, so the isolation figure for B stalled (slow) is A's rate then over
+    A's rate with B healthy: what B's *misbehaving* consumer costs A. `healthy` is A's rate with B
+    healthy over A alone (the machine's share, for reference). Per bus and figure, the median run.
+    Every run goes to `results`."""
+    gw_mem, t_mem = start_gateway(gw_bin, max_pending=8388608, cross=True)
+    gw_nats, t_nats = start_gateway(gw_bin, nats_url, max_pending=8388608, cross=True)
+    extra.extend([gw_mem, gw_nats])
+    runs = 3 if quick else 5
+    modes = CROSS_MODES + ("healthy",)
+    kw = dict(size=128, token_b=TENANT_B, seconds=0.25 if quick else 1.0, drain=1 if quick else 2,
+              b_modes=",".join(modes))
+    out = {}
+    for side, gw, target in (("relay", gw_nats, t_nats), ("mem", gw_mem, t_mem)):
+        rs = [bench(bench_bin, target, "cross", metrics=gw.http, **kw) for _ in range(runs)]
+        results += [{**r, "side": side, "run": i} for i, r in enumerate(rs)]
+        out[side] = {mode: median([r[f"cross_{mode}"] / r["cross_healthy"] if r["cross_healthy"] > 0 else 0
+                                   for r in rs]) for mode in CROSS_MODES}
+        out[side]["healthy"] = median([r["cross_healthy"] for r in rs])
+    return out
+
+
+def report(a, rounds, sizes, table, results, idle, iso, cross=None):
     quick = a.quick
 
     def m(key, side):
@@ -255,6 +301,15 @@ def report(a, rounds, sizes, table, results, idle, iso):
         print(f"{'isolation (healthy w/ stalled / w/o)':34} {iso['direct']['isolation']:14.2f} "
               f"{iso['relay']['isolation']:14.2f} {iso['mem']['isolation']:14.2f}")
         headline = core_headline(m, sizes, idle, iso)
+    if cross:
+        for mode in CROSS_MODES:
+            print(f"{'cross-tenant A w/ B ' + mode + ' / healthy':34} {'-':>14} "
+                  f"{cross['relay'][mode]:14.2f} {cross['mem'][mode]:14.2f}")
+        print(f"{'cross-tenant A w/ B healthy / w/o':34} {'-':>14} "
+              f"{cross['relay']['healthy']:14.2f} {cross['mem']['healthy']:14.2f}")
+        for mode in CROSS_MODES:
+            headline[f"I_cross_{mode}"] = min(cross[side][mode] for side in ("relay", "mem"))
+        headline["I_cross"] = min(headline[f"I_cross_{mode}"] for mode in CROSS_MODES)
     headline["D_pub"] = m("stored publish 128B msgs/s", "relay") / m("stored publish 128B msgs/s", "direct")
     headline["D_consume"] = m("consume+ack 128B msgs/s", "relay") / m("consume+ack 128B msgs/s", "direct")
     # A delivery run that lost messages measured something else (a subscriber cut off): say so.
@@ -262,6 +317,12 @@ def report(a, rounds, sizes, table, results, idle, iso):
     for r in lossy:
         print(f"WARNING: {r['side']} {r['workload']} {r.get('size', '')}B lost {r['lost']} messages")
     headline["LOSSY_RUNS"] = len(lossy)
+    # Cross-tenant runs: tenant A's messages still arriving when the run stopped waiting were held up
+    # (the figure reflects it), not lost.
+    for r in results:
+        if r.get("late"):
+            print(f"NOTE: {r['side']} {r['workload']}: {r['late']} of tenant A's messages still on their way "
+                  f"when the run stopped waiting for them")
     # A stored-publish run with refused messages, or a consume run with redeliveries, measured
     # something else too.
     for r in results:
