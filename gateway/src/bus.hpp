@@ -9,6 +9,7 @@
 #include <string>
 #include <unordered_map>
 #include <string_view>
+#include <vector>
 
 #include "busgate/protocol/errors.hpp"
 
@@ -59,6 +60,15 @@ class ReplyTable {
     return fn;
   }
   void cancel(uint64_t token) { take(token); }
+  // Every pending callback, removed (the bus lost its connection: they all fail).
+  std::vector<ReplyFn> take_all() {
+    std::vector<ReplyFn> fns;
+    std::lock_guard lk(mu_);
+    fns.reserve(pending_.size());
+    for (auto& [token, fn] : pending_) fns.push_back(std::move(fn));
+    pending_.clear();
+    return fns;
+  }
 
  private:
   std::mutex mu_;
@@ -69,21 +79,32 @@ struct BusStats {
   uint64_t subscriptions = 0;  // subscriptions held on the bus (after any dedup)
   uint64_t reconnects = 0;
   uint64_t headers_dropped = 0;  // headers from the bus left out because they break the spec's rules
+  uint64_t subscriptions_refused = 0;  // subscriptions the bus server refused (permissions of the gateway's own user)
+  uint64_t publishes_refused = 0;      // publishes the bus server refused (dropped)
 };
+// Answers subscribe_async() and confirm(): ok, or why not.
+using CodeFn = std::function<void(proto::Code)>;
 
 class Bus {
  public:
   virtual ~Bus() = default;
-  // Returns an id for unsubscribe (0: the bus refused). `queue` empty for a plain subscription. After unsubscribe returns,
-  // a delivery already in progress may still call fn once; callers must tolerate that.
+  // Returns an id for unsubscribe (0: the bus refused). `queue` empty for a plain subscription. After unsubscribe
+  // returns, a delivery already in progress may still call fn once; callers must tolerate that.
   virtual uint64_t subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) = 0;
-  // The same, without waiting: `ready` runs once (any thread, possibly before this returns) when
-  // the subscription is live on the bus (or the bus is down and will subscribe when it is back).
-  virtual uint64_t subscribe_async(const std::string& subject, const std::string& queue, DeliverFn fn,
-                                   std::function<void()> ready) {
+  // The same, without waiting: `done` runs once (any thread, possibly before this returns) with ok
+  // when the subscription is live on the bus (or the bus is down and will subscribe when it is
+  // back), or with the reason the bus server refused it (permission_denied: the gateway's own bus
+  // user may not subscribe there). A refused subscription delivers nothing and is gone: its id
+  // needs no unsubscribe (one is harmless).
+  virtual uint64_t subscribe_async(const std::string& subject, const std::string& queue, DeliverFn fn, CodeFn done) {
     const uint64_t id = subscribe(subject, queue, std::move(fn));
-    ready();
+    done(id ? proto::Code::ok : proto::Code::bus_unavailable);
     return id;
+  }
+  // The same, for a caller that only waits: `ready` runs once the answer is known, whatever it is.
+  uint64_t subscribe_async(const std::string& subject, const std::string& queue, DeliverFn fn,
+                           std::function<void()> ready) {
+    return subscribe_async(subject, queue, std::move(fn), CodeFn([ready = std::move(ready)](proto::Code) { ready(); }));
   }
   virtual void unsubscribe(uint64_t id) = 0;
   // ok, or bus_unavailable when the message was not accepted. `immediate`: write it to the bus now
@@ -92,8 +113,15 @@ class Bus {
   // Sends msg with a reply subject in this node's inbox and calls fn once with the first reply
   // (status ok), or no_responders / bus_unavailable. Timeouts are the caller's: cancel_request()
   // then guarantees fn is not called later. Returns a token for cancel_request.
+  // A request still waiting when the bus loses its connection gets bus_unavailable at once.
   virtual uint64_t request(std::shared_ptr<BusMessage> msg, ReplyFn fn) = 0;
   virtual void cancel_request(uint64_t token) = 0;
+  // A barrier for publishes: `done` runs once, with ok when everything published on this bus
+  // before the call (from any thread) has been received by the bus server, or with bus_unavailable
+  // when that cannot be known (the bus is down, or lost its connection first). It runs on the bus's
+  // own thread (NATS: the link thread; at once, on the calling thread, when the bus is down or has
+  // no server) and must not block. Calls made close together share one round trip.
+  virtual void confirm(CodeFn done) { done(proto::Code::ok); }
   virtual bool healthy() const = 0;
   // The largest message (payload and headers) the bus carries; 0 when the bus has no limit.
   virtual size_t max_message() const { return 0; }

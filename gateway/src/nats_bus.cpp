@@ -148,6 +148,7 @@ struct NatsBus::Interest {
   std::mutex mu;
   std::vector<Local> locals;
   uint64_t rr = 0;
+  bool refused = false;  // the server refused the SUB: the interest is gone (under mu)
 };
 
 NatsBus::NatsBus(const GatewayConfig& cfg) : inbox_prefix_("_INBOX." + cfg.node_id + ".") {
@@ -163,7 +164,8 @@ NatsBus::NatsBus(const GatewayConfig& cfg) : inbox_prefix_("_INBOX." + cfg.node_
   o.tls_key = cfg.bus.tls_key;
   link_ = std::make_unique<NatsLink>(
       std::move(o), [this](const NatsInbound& m) { on_message(m); },
-      [this](std::string_view what, const std::string&) { js_->on_link_event(what); });
+      [this](std::string_view what, const std::string&) { on_link_event(what); },
+      [this](uint64_t sid, std::string_view error) { on_refused(sid, error); });
   js_ = std::make_unique<NatsJetStream>(*link_, inbox_prefix_ + "js.");
   link_->subscribe(kInboxSid, inbox_prefix_ + "*", "");
   link_->start(std::chrono::milliseconds(3000));
@@ -187,18 +189,68 @@ size_t NatsBus::max_message() const {
 
 BusStats NatsBus::stats() const {
   std::lock_guard lk(mu_);
-  return BusStats{interests_.size() + 1, link_->reconnects(), g_headers_dropped.load(std::memory_order_relaxed)};
+  BusStats s;
+  s.subscriptions = interests_.size() + 1;
+  s.reconnects = link_->reconnects();
+  s.headers_dropped = g_headers_dropped.load(std::memory_order_relaxed);
+  s.subscriptions_refused = subs_refused_.load(std::memory_order_relaxed);
+  s.publishes_refused = link_->publishes_refused();
+  return s;
+}
+
+void NatsBus::on_link_event(std::string_view what) {
+  // Requests in flight get no reply through a lost connection: they fail now, not at their timeout.
+  if (what == "disconnected")
+    for (ReplyFn& f : requests_.take_all())
+      if (f) f(Code::bus_unavailable, nullptr);
+  js_->on_link_event(what);
+}
+
+void NatsBus::on_refused(uint64_t sid, std::string_view error) {
+  if (sid == kInboxSid) {
+    spdlog::error("nats: the server refused the node inbox {}*: requests get no replies ({})", inbox_prefix_,
+                  error.substr(0, 256));
+    return;
+  }
+  if (NatsJetStream::owns(sid)) return;  // a JetStream inbox: its pulls fail and are retried
+  std::lock_guard lk(mu_);
+  auto it = by_sid_.find(sid);
+  if (it == by_sid_.end()) return;
+  Interest* in = it->second;
+  by_sid_.erase(it);
+  subs_refused_.fetch_add(1, std::memory_order_relaxed);
+  {
+    std::lock_guard il(in->mu);
+    in->refused = true;
+  }
+  // The next subscriber to this subject asks the server again.
+  if (auto i = interests_.find({in->subject, in->queue}); i != interests_.end() && i->second.get() == in)
+    interests_.erase(i);
+}
+
+void NatsBus::drop_local(const std::shared_ptr<Interest>& in, uint64_t id) {
+  std::lock_guard lk(mu_);
+  if (auto it = by_local_id_.find(id); it != by_local_id_.end() && it->second == in) by_local_id_.erase(it);
+  std::lock_guard il(in->mu);
+  std::erase_if(in->locals, [id](const Local& l) { return l.id == id; });
 }
 
 uint64_t NatsBus::subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) {
   auto sig = std::make_shared<Signal>();
-  const uint64_t id = subscribe_async(subject, queue, std::move(fn), [sig] { sig->set(); });
+  auto code = std::make_shared<std::atomic<Code>>(Code::ok);
+  const uint64_t id = subscribe_async(subject, queue, std::move(fn), CodeFn([sig, code](Code c) {
+                                        code->store(c);
+                                        sig->set();
+                                      }));
   sig->wait_for(kSubscribeWait);
-  return id;
+  return code->load() == Code::ok ? id : 0;
 }
 
-uint64_t NatsBus::subscribe_async(const std::string& subject, const std::string& queue, DeliverFn fn,
-                                  std::function<void()> ready) {
+void NatsBus::confirm(CodeFn done) {
+  link_->ping([done = std::move(done)](bool ok) { done(ok ? Code::ok : Code::bus_unavailable); });
+}
+
+uint64_t NatsBus::subscribe_async(const std::string& subject, const std::string& queue, DeliverFn fn, CodeFn done) {
   const uint64_t id = next_id_.fetch_add(1);
   auto local = std::make_shared<DeliverFn>(std::move(fn));
   std::shared_ptr<Interest> in;
@@ -225,15 +277,23 @@ uint64_t NatsBus::subscribe_async(const std::string& subject, const std::string&
     if (created) link_->subscribe(in->sid, subject, queue);
   }
   // One round trip: when the PONG arrives the server has processed the SUB (the subscription is
-  // live) and every message it sent before is behind us, so a subscriber joining an existing bus
-  // subscription starts there.
-  link_->ping([in, id, created, ready = std::move(ready)](bool) {
-    if (!created) {
+  // live, or refused: its -ERR came before the PONG) and every message it sent before is behind us,
+  // so a subscriber joining an existing bus subscription starts there. A lost connection is no
+  // refusal: the subscription is replayed on the next one.
+  link_->ping([this, in, id, created, done = std::move(done)](bool) {
+    bool refused = false;
+    {
       std::lock_guard il(in->mu);
-      for (auto& l : in->locals)
-        if (l.id == id) l.active = true;
+      refused = in->refused;
+      if (!refused && !created)
+        for (auto& l : in->locals)
+          if (l.id == id) l.active = true;
     }
-    ready();
+    if (refused) {
+      drop_local(in, id);
+      return done(Code::permission_denied);
+    }
+    done(Code::ok);
   });
   return id;
 }
@@ -249,9 +309,10 @@ void NatsBus::unsubscribe(uint64_t id) {
     std::erase_if(in->locals, [id](const Local& l) { return l.id == id; });
     if (!in->locals.empty()) return;
   }
-  // The last local subscriber left: release the bus subscription.
+  // The last local subscriber left: release the bus subscription (unless the server refused it:
+  // then it is gone already, and another may hold its key).
   by_sid_.erase(in->sid);
-  interests_.erase({in->subject, in->queue});
+  if (auto i = interests_.find({in->subject, in->queue}); i != interests_.end() && i->second == in) interests_.erase(i);
   link_->unsubscribe(in->sid);
 }
 

@@ -35,12 +35,14 @@ class NatsBus final : public Bus {
   ~NatsBus() override;
 
   uint64_t subscribe(const std::string& subject, const std::string& queue, DeliverFn fn) override;
-  uint64_t subscribe_async(const std::string& subject, const std::string& queue, DeliverFn fn,
-                           std::function<void()> ready) override;
+  using Bus::subscribe_async;
+  uint64_t subscribe_async(const std::string& subject, const std::string& queue, DeliverFn fn, CodeFn done) override;
   void unsubscribe(uint64_t id) override;
   proto::Code publish(BusMessagePtr msg, bool immediate) override;
   uint64_t request(std::shared_ptr<BusMessage> msg, ReplyFn fn) override;
   void cancel_request(uint64_t token) override;
+  // One PING/PONG shared by the calls made before the link's next write batch (NatsLink::ping).
+  void confirm(CodeFn done) override;
   bool healthy() const override;
   size_t max_message() const override;
   const char* kind() const override { return "nats"; }
@@ -53,6 +55,9 @@ class NatsBus final : public Bus {
   struct Interest;  // one NATS subscription and its local subscribers
   void on_message(const NatsInbound& m);
   void on_inbox(const NatsInbound& m);
+  void on_link_event(std::string_view what);
+  void on_refused(uint64_t sid, std::string_view error);
+  void drop_local(const std::shared_ptr<Interest>& in, uint64_t id);
 
   std::string inbox_prefix_;
   mutable std::mutex mu_;
@@ -60,6 +65,7 @@ class NatsBus final : public Bus {
   std::unordered_map<uint64_t, Interest*> by_sid_;  // NATS sid → interest (owned by interests_)
   std::unordered_map<uint64_t, std::shared_ptr<Interest>> by_local_id_;
   std::atomic<uint64_t> next_id_{2};  // sid 1 is the node inbox
+  std::atomic<uint64_t> subs_refused_{0};
   ReplyTable requests_;
   std::unique_ptr<NatsJetStream> js_;  // JetStream: streams and durable consumers
   std::unique_ptr<NatsLink> link_;  // declared last: stopped before the rest goes away

@@ -5,6 +5,12 @@
 // received messages are parsed in place and handed to a callback on the link's thread. The link
 // reconnects by itself, cycling through the configured servers and the ones the cluster announces,
 // and replays its subscriptions.
+//
+// The link composes four units: the server pool (nats_servers.hpp), the connection with its
+// handshake and keepalive (nats_connection.hpp, nats_handshake.hpp), the write buffer
+// (nats_writer.hpp) and the subscription table (nats_subs.hpp). Nothing thrown on the link thread
+// escapes it, and whatever the server sends that breaks the protocol ends that connection with one
+// log line, followed by a reconnect.
 
 #include <chrono>
 #include <cstdint>
@@ -45,9 +51,13 @@ class NatsLink {
   // "connected", "reconnected" or "disconnected", with the server's address.
   using EventFn = std::function<void(std::string_view what, const std::string& server)>;
   using DoneFn = std::function<void(bool ok)>;
+  // The server refused subscription `sid` (a permissions violation, `error` the server's words): it
+  // does not exist on the server and is no longer replayed. Runs on the link thread, before the
+  // PONG of any PING sent after that SUB is handled.
+  using RefusedFn = std::function<void(uint64_t sid, std::string_view error)>;
 
   // Throws ConfigError for options that cannot work (a bad URL, an unreadable creds or TLS file).
-  NatsLink(NatsLinkOptions opts, MsgFn on_msg, EventFn on_event);
+  NatsLink(NatsLinkOptions opts, MsgFn on_msg, EventFn on_event, RefusedFn on_refused = {});
   ~NatsLink();
   NatsLink(const NatsLink&) = delete;
   NatsLink& operator=(const NatsLink&) = delete;
@@ -59,6 +69,8 @@ class NatsLink {
   bool connected() const;
   int64_t max_payload() const;  // the server's, 0 before the first connection
   uint64_t reconnects() const;
+  // Publishes the server refused ('Permissions Violation for Publish'): they were dropped.
+  uint64_t publishes_refused() const;
 
   // Thread-safe. PUB, or HPUB when `headers` (a full NATS header block) is not empty. `now`: the
   // caller waits on this message, so when nothing else is queued it is written from the calling
@@ -69,10 +81,13 @@ class NatsLink {
   // Thread-safe. Subscriptions are remembered and replayed after a reconnect.
   void subscribe(uint64_t sid, std::string_view subject, std::string_view queue);
   void unsubscribe(uint64_t sid);
-  // Sends a PING. `done(true)` runs on the link thread when its PONG arrives: every message the
-  // server sent before it has been handed to the callback by then, and everything written before it
-  // has been processed by the server. `done(false)` when the connection is lost first, or at once
-  // when it is down. Never call a blocking wait for it from the link thread.
+  // A round trip to the server. `done(true)` runs on the link thread when the PONG to a PING written
+  // after everything this link queued or wrote before the call arrives: every message the server
+  // sent before it has been handed to the callback by then, and everything published before the
+  // call has been processed by the server. `done(false)` when the connection is lost first, or at
+  // once (on the calling thread) when it is down. Calls share PINGs: all made before the next write
+  // batch wait for one PING at its end, and a call made when nothing was queued or written since
+  // the last PING waits for that one. Never call a blocking wait for it from the link thread.
   void ping(DoneFn done);
   // Flow control: true while more than the link's queue bound waits for the socket; `fn` runs (on
   // the link thread, or at once when not congested) when the queue is down to half of it, or the
