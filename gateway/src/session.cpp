@@ -3,7 +3,9 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/post.hpp>
+#include <optional>
 #include <random>
+#include <utility>
 
 #include "busgate/protocol/msgpack.hpp"
 #include "busgate/protocol/subject.hpp"
@@ -240,7 +242,39 @@ void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
   if (stored && (ref || p.msg_id) && publish_stored(p, msg)) return;
   const Code rc = server_.bus().publish(std::move(msg), ref != 0);
   if (rc != Code::ok) return send_err(rc, "the bus did not accept the message", 3, ref);
-  if (ref) send_ok(3, ref);
+  if (ref) confirm_pub(ref);
+}
+
+namespace {
+// A confirm() answered on the calling thread (the memory bus, or a bus that is down): its answer is
+// sent in order with the rest of the read batch instead of being posted.
+thread_local const Session* t_confirming = nullptr;
+thread_local std::optional<Code> t_confirmed;
+}  // namespace
+
+void Session::confirm_pub(uint64_t ref) {
+  // OK once the bus server has the message (NATS: a PING/PONG round trip shared by the batch).
+  t_confirming = this;
+  server_.bus().confirm([weak = weak_from_this(), ex = ex_, ref, me = this](Code c) {
+    if (t_confirming == me) {
+      t_confirmed = c;
+      return;
+    }
+    asio::post(ex, [weak, ref, c] {
+      if (auto self = weak.lock()) {
+        self->answer_pub(ref, c);
+        self->flush();
+      }
+    });
+  });
+  t_confirming = nullptr;
+  if (t_confirmed) answer_pub(ref, *std::exchange(t_confirmed, std::nullopt));
+}
+
+void Session::answer_pub(uint64_t ref, Code c) {
+  if (state_.load() == State::closed) return;
+  if (c == Code::ok) send_ok(3, ref);
+  else send_err(c, "the bus did not confirm that it received the message", 3, ref);
 }
 
 void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
@@ -269,11 +303,11 @@ void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
         if (!st->live.load(std::memory_order_acquire)) return;
         if (auto self = weak.lock()) self->deliver(st, m);
       },
-      [weak, st, ex = ex_] {
-        asio::post(ex, [weak, st] {
-          if (auto self = weak.lock()) self->finish_sub(st);
+      CodeFn([weak, st, ex = ex_](Code code) {
+        asio::post(ex, [weak, st, code] {
+          if (auto self = weak.lock()) self->finish_sub(st, code);
         });
-      });
+      }));
   if (st->bus_id == 0) {
     sub_pending_ = false;
     st->confirmed = true;  // nothing to confirm
@@ -304,12 +338,25 @@ bool Session::admit_sub(const proto::Sub& s, const TenantConfig& c, RuleCheck& r
   return true;
 }
 
-void Session::finish_sub(const std::shared_ptr<SubState>& st) {
+void Session::finish_sub(const std::shared_ptr<SubState>& st, Code code) {
   if (st->confirmed) return;
   st->confirmed = true;
   sub_pending_ = false;
   if (state_.load() == State::closed) return;
-  if (auto it = subs_.find(st->sid); it != subs_.end() && it->second == st) send_ok(4, st->sid);
+  if (auto it = subs_.find(st->sid); it != subs_.end() && it->second == st) {
+    if (code == Code::ok) {
+      send_ok(4, st->sid);
+    } else {
+      // The bus server refused it (the gateway's own bus user may not subscribe there): it is gone.
+      st->live.store(false, std::memory_order_release);
+      {
+        std::lock_guard lk(subs_mu_);
+        subs_.erase(it);
+      }
+      sub_count_.store(subs_.size(), std::memory_order_relaxed);
+      send_err(code, "the bus refused the subscription to '" + st->subject + "'", 4, st->sid);
+    }
+  }
   flush();
   if (transport_) transport_->resume_read();  // the frames that waited for this OK
 }

@@ -75,6 +75,9 @@ class Session : public std::enable_shared_from_this<Session>, public LaneConsume
   void handle(const proto::Frame& f, const proto::DecodeResult& r);
   void on_hello(const proto::Hello& h, const proto::DecodeResult& r);
   void on_pub(const proto::Pub& p, const proto::DecodeResult& r);
+  // PUB with ack: answered once the bus server has the message (Bus::confirm).
+  void confirm_pub(uint64_t ref);
+  void answer_pub(uint64_t ref, proto::Code c);
   void on_sub(const proto::Sub& s, const proto::DecodeResult& r);
   void on_unsub(const proto::Unsub& u);
   // The checks every SUB passes (sid free, max_subscriptions, permissions); false once an ERR is sent.
@@ -90,7 +93,7 @@ class Session : public std::enable_shared_from_this<Session>, public LaneConsume
   bool publish_stored(const proto::Pub& p, const BusMessagePtr& msg);
   static bool stream_stores(const TenantConfig& c, std::string_view bus_subject);
   void end_durable(SubState& st);
-  void finish_sub(const std::shared_ptr<SubState>& st);
+  void finish_sub(const std::shared_ptr<SubState>& st, proto::Code code);
   void on_req(const proto::Req& q, const proto::DecodeResult& r);
   void on_bus_reply(uint32_t req_id, uint64_t token, proto::Code status, const BusMessagePtr& reply);
   void finish_request(uint32_t req_id);
