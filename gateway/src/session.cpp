@@ -304,9 +304,11 @@ void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
         if (auto self = weak.lock()) self->deliver(st, m);
       },
       CodeFn([weak, st, ex = ex_](Code code) {
-        asio::post(ex, [weak, st, code] {
-          if (auto self = weak.lock()) self->finish_sub(st, code);
-        });
+        auto self = weak.lock();
+        if (!self) return;
+        // The OK is queued here, on the bus's thread, before any MSG the bus delivers after it.
+        if (code == Code::ok) self->send_ok(4, st->sid);
+        asio::post(ex, [self, st, code] { self->finish_sub(st, code); });
       }));
   if (st->bus_id == 0) {
     sub_pending_ = false;
@@ -344,9 +346,7 @@ void Session::finish_sub(const std::shared_ptr<SubState>& st, Code code) {
   sub_pending_ = false;
   if (state_.load() == State::closed) return;
   if (auto it = subs_.find(st->sid); it != subs_.end() && it->second == st) {
-    if (code == Code::ok) {
-      send_ok(4, st->sid);
-    } else {
+    if (code != Code::ok) {
       // The bus server refused it (the gateway's own bus user may not subscribe there): it is gone.
       st->live.store(false, std::memory_order_release);
       {
