@@ -166,9 +166,18 @@ std::string render_metrics(Server& server) {
   o << "# HELP busgate_bus_headers_dropped_total Headers from the bus left out because they break the protocol's header rules.\n"
        "# TYPE busgate_bus_headers_dropped_total counter\nbusgate_bus_headers_dropped_total "
     << server.bus().stats().headers_dropped << "\n";
-  o << "# HELP busgate_producer_paces_total Times a producer was paced for a consumer past half its bound.\n"
+  o << "# HELP busgate_producer_paces_total Times a publishing connection paused while its tenant's deliveries waited for a slow consumer.\n"
        "# TYPE busgate_producer_paces_total counter\nbusgate_producer_paces_total "
     << m.producer_paces.load() << "\n";
+  o << "# HELP busgate_backlog_drops_total Messages dropped because a tenant's delivery backlog was at twice max_backlog_bytes.\n"
+       "# TYPE busgate_backlog_drops_total counter\nbusgate_backlog_drops_total "
+    << m.backlog_drops.load() << "\n";
+  o << "# HELP busgate_bus_subscriptions_refused_total Subscriptions the bus server refused (permissions of the gateway's own bus user).\n"
+       "# TYPE busgate_bus_subscriptions_refused_total counter\nbusgate_bus_subscriptions_refused_total "
+    << bs.subscriptions_refused << "\n";
+  o << "# HELP busgate_bus_publishes_refused_total Publishes the bus server refused and dropped (permissions of the gateway's own bus user).\n"
+       "# TYPE busgate_bus_publishes_refused_total counter\nbusgate_bus_publishes_refused_total "
+    << bs.publishes_refused << "\n";
   o << "# HELP busgate_bus_congestion_pauses_total Times a publishing connection paused for a congested bus.\n"
        "# TYPE busgate_bus_congestion_pauses_total counter\nbusgate_bus_congestion_pauses_total "
     << m.bus_congestion_pauses.load() << "\n";

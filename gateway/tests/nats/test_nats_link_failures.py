@@ -10,7 +10,7 @@ import time
 import pytest
 
 from natsfix import gateway_config
-from rawgw import ERR, MSG, OK, PUB, REQ, RES, SUB, E
+from rawgw import ERR, MSG, OK, PING, PONG, PUB, REQ, RES, SUB, E
 
 BUS_UNAVAILABLE = E["BUS_UNAVAILABLE"]
 
@@ -37,6 +37,18 @@ def test_requests_in_flight_fail_at_once_when_nats_is_lost(nats, start_gateway, 
     assert requester.expect(RES, timeout=2)[1:3] == [8, BUS_UNAVAILABLE]
 
 
+def freeze(ns):
+    """SIGSTOP nats-server and wait until every thread of it has stopped (the signal is asynchronous)."""
+    ns.proc.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with open(f"/proc/{ns.proc.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.005)
+    raise AssertionError("nats-server did not stop")
+
+
 def test_stored_publish_waiting_for_its_confirmation_fails_when_nats_is_lost(nats, start_gateway, clients):
     store = tempfile.TemporaryDirectory()
     try:
@@ -49,7 +61,7 @@ def test_stored_publish_waiting_for_its_confirmation_fails_when_nats_is_lost(nat
         c = clients(g.client())
         c.pub("jobs.a", b"1", ack=1)
         assert c.expect(OK, timeout=5)[1:3] == [PUB, 1]  # stored: JetStream is there
-        ns.proc.send_signal(signal.SIGSTOP)  # no PubAck can come now
+        freeze(ns)  # no PubAck can come now
         try:
             c.pub("jobs.a", b"2", ack=2)
             with pytest.raises(TimeoutError):
@@ -131,6 +143,11 @@ def test_subscription_refused_by_nats_is_answered_with_an_error(nats, start_gate
     c.send(SUB, 1, "secret.plans")
     f = c.recv()
     assert f[0] == ERR and f[1] == E["PERMISSION_DENIED"] and f[3:5] == [SUB, 1], f
+    refused = [line for line in g.http_get("/metrics")[1].splitlines()
+               if line.startswith("busgate_bus_subscriptions_refused_total ")]
+    assert refused == ["busgate_bus_subscriptions_refused_total 1"], refused  # visible to operators
+    c.send(PING)
+    assert c.expect(PONG)  # the connection goes on
 
 
 def test_pub_ack_waits_until_nats_has_the_message(nats, start_gateway, clients):
@@ -139,7 +156,7 @@ def test_pub_ack_waits_until_nats_has_the_message(nats, start_gateway, clients):
     c = clients(g.client())
     c.pub("acked", b"1", ack=1)
     assert c.expect(OK)[1:3] == [PUB, 1]
-    ns.proc.send_signal(signal.SIGSTOP)
+    freeze(ns)
     try:
         c.pub("acked", b"2", ack=2)
         with pytest.raises(TimeoutError):
