@@ -246,7 +246,11 @@ def read_lines(out: pathlib.Path) -> list[tuple[str, str, int, int]]:
     if not out.exists():
         return []
     rows = []
-    for line in out.read_text().splitlines():
+    text = out.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()  # a line a runner is still writing
+    for line in lines:
         kind, job, pid, attempt = line.split()
         rows.append((kind, job, int(pid), int(attempt)))
     return rows
