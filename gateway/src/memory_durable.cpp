@@ -12,17 +12,19 @@ namespace busgate::gw {
 using Clock = MemoryDurable::Clock;
 using std::chrono::milliseconds;
 
-// One durable subscription. Its state is guarded by the engine's mutex.
+// One durable subscription. Its state is guarded by the engine's mutex. Once the engine is gone
+// (the bus was destroyed first) every call does nothing and answers "not outstanding".
 class MemoryDurable::Sub final : public DurableSubscription {
  public:
   Sub(MemoryDurable& e, Consumer* c, DurableWindow w, std::shared_ptr<DurableSink> sink)
-      : e_(e), c_(c), w_(w), sink_(std::move(sink)) {}
+      : e_(e), guard_(e.guard_), c_(c), w_(w), sink_(std::move(sink)) {}
   ~Sub() override { close(); }
 
   void start() override {
     Outbox out;
     {
-      std::lock_guard lk(e_.mu_);
+      std::lock_guard lk(guard_->mu);
+      if (guard_->gone) return;
       started_ = true;
       e_.pump_locked(*c_, Clock::now(), out);
     }
@@ -31,7 +33,8 @@ class MemoryDurable::Sub final : public DurableSubscription {
   void add_credit(uint64_t n) override {
     Outbox out;
     {
-      std::lock_guard lk(e_.mu_);
+      std::lock_guard lk(guard_->mu);
+      if (guard_->gone) return;
       credits_ = credits_ + n < credits_ ? UINT64_MAX : credits_ + n;
       refusing_ = false;
       e_.pump_locked(*c_, Clock::now(), out);
@@ -53,7 +56,8 @@ class MemoryDurable::Sub final : public DurableSubscription {
     });
   }
   bool progress(uint64_t id) override {
-    std::lock_guard lk(e_.mu_);
+    std::lock_guard lk(guard_->mu);
+    if (guard_->gone) return false;
     refusing_ = false;
     const auto it = out_.find(id);
     if (it == out_.end()) return false;
@@ -75,8 +79,8 @@ class MemoryDurable::Sub final : public DurableSubscription {
   void close() override {
     Outbox out;
     {
-      std::lock_guard lk(e_.mu_);
-      if (closed_) return;
+      std::lock_guard lk(guard_->mu);
+      if (closed_ || guard_->gone) return;
       closed_ = true;
       auto& subs = c_->subs;
       subs.erase(std::remove(subs.begin(), subs.end(), this), subs.end());
@@ -86,7 +90,8 @@ class MemoryDurable::Sub final : public DurableSubscription {
     e_.flush(out);
   }
   uint32_t outstanding() const override {
-    std::lock_guard lk(e_.mu_);
+    std::lock_guard lk(guard_->mu);
+    if (guard_->gone) return 0;
     return static_cast<uint32_t>(out_.size());
   }
 
@@ -102,7 +107,8 @@ class MemoryDurable::Sub final : public DurableSubscription {
   bool settle(uint64_t id, Fn fn) {
     Outbox out;
     {
-      std::lock_guard lk(e_.mu_);
+      std::lock_guard lk(guard_->mu);
+      if (guard_->gone) return false;
       refusing_ = false;
       const auto it = out_.find(id);
       if (it == out_.end()) return false;
@@ -120,7 +126,8 @@ class MemoryDurable::Sub final : public DurableSubscription {
     return true;
   }
 
-  MemoryDurable& e_;
+  MemoryDurable& e_;  // valid while guard_->gone is false
+  const std::shared_ptr<Guard> guard_;
   Consumer* c_;
   DurableWindow w_;
   std::shared_ptr<DurableSink> sink_;
@@ -144,6 +151,8 @@ MemoryDurable::~MemoryDurable() {
   }
   cv_.notify_all();
   timer_.join();
+  std::lock_guard lk(mu_);
+  guard_->gone = true;
 }
 
 void MemoryDurable::wake_at_locked(Clock::time_point t) {

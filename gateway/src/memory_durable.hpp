@@ -2,7 +2,7 @@
 // Durable work queues of the memory bus: streams and durable consumers in process, with the same
 // semantics as JetStream on the NATS bus (docs/protocol.md section 16), lost when the gateway stops.
 // One mutex guards every stream and consumer; one thread runs ack-wait expiries, delayed
-// redeliveries and age limits.
+// redeliveries and age limits, and is joined by the destructor.
 
 #include <chrono>
 #include <atomic>
@@ -104,7 +104,14 @@ class MemoryDurable final : public DurableBus {
   PublishFn publish_;
   PublishFn deliver_plain_;
   Clock::time_point timer_next_ = Clock::time_point::max();
-  mutable std::mutex mu_;
+  // The engine's mutex, shared with its subscriptions: one that outlives the engine (its session
+  // is destroyed after the bus) finds `gone` set under it and leaves the engine alone.
+  struct Guard {
+    std::mutex mu;
+    bool gone = false;
+  };
+  const std::shared_ptr<Guard> guard_ = std::make_shared<Guard>();
+  std::mutex& mu_ = guard_->mu;
   std::condition_variable cv_;
   bool stop_ = false;
   std::atomic<bool> any_streams_{false};

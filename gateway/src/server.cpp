@@ -21,11 +21,17 @@ namespace busgate::gw {
 namespace asio = boost::asio;
 using asio::ip::tcp;
 
+namespace {
+// After the last connection closed: how long the sessions' remaining handlers (final writes,
+// cancelled timers) get to run and release them before the I/O threads stop anyway.
+constexpr auto kReleaseWait = std::chrono::seconds(2);
+}  // namespace
+
 struct Server::Impl {
   explicit Impl(asio::io_context& ctx) : signals(ctx), drain_timer(ctx) {}
   std::unique_ptr<tcp::acceptor> tcp_acceptor;
   std::unique_ptr<tcp::acceptor> tls_acceptor;
-  std::unique_ptr<asio::ssl::context> tls;
+  std::unique_ptr<asio::ssl::context> tls;  // outlives the contexts: TLS streams in them refer to it
   asio::signal_set signals;
   asio::steady_timer drain_timer;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work0;
@@ -56,7 +62,27 @@ void Server::configure_durable() {
   d->configure_durable(std::move(streams), std::move(consumers));
 }
 
-Server::~Server() = default;
+Server::~Server() { teardown(); }
+
+void Server::teardown() {
+  if (torn_down_) return;
+  torn_down_ = true;
+  // 1. No I/O thread runs a handler any more (a no-op after run(), which ends this way).
+  for (auto& c : contexts_) c->stop();
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+  threads_.clear();
+  // 2. The listeners: I/O objects of context 0, destroyed while it exists. Their pending accepts
+  //    are destroyed with the contexts, never run.
+  std::unique_ptr<asio::ssl::context> tls = impl_ ? std::move(impl_->tls) : nullptr;
+  http_.reset();
+  impl_.reset();
+  // 3. The bus, its threads joined. Until they are, a delivery may still be posted to a session's
+  //    context: stopped, it queues the handler and never runs it.
+  bus_.reset();
+  // 4. The contexts, with the handlers they still hold (and whatever those keep alive).
+  contexts_.clear();
+}
 
 asio::io_context& Server::next_context() { return *contexts_[rr_.fetch_add(1) % contexts_.size()]; }
 
@@ -156,8 +182,8 @@ int Server::run() {
   impl_->work0.emplace(contexts_[0]->get_executor());
   t_current_context = static_cast<asio::execution_context*>(contexts_[0].get());
   contexts_[0]->run();
-  for (auto& c : contexts_) c->stop();
-  for (auto& t : threads_) t.join();
+  t_current_context = nullptr;
+  teardown();
   spdlog::info("busgate node {} stopped", cfg_.node_id);
   return 0;
 }
@@ -169,7 +195,20 @@ void Server::add_session(const std::shared_ptr<Session>& s) {
 
 void Server::remove_session(uint64_t id) {
   std::lock_guard lk(sessions_mu_);
-  sessions_.erase(id);
+  const auto it = sessions_.find(id);
+  if (it == sessions_.end()) return;
+  retired_.push_back(std::move(it->second));
+  sessions_.erase(it);
+  if (retired_.size() >= retired_prune_at_) {
+    std::erase_if(retired_, [](const std::weak_ptr<Session>& w) { return w.expired(); });
+    retired_prune_at_ = std::max<size_t>(64, 2 * retired_.size());
+  }
+}
+
+bool Server::sessions_released() {
+  std::lock_guard lk(sessions_mu_);
+  std::erase_if(retired_, [](const std::weak_ptr<Session>& w) { return w.expired(); });
+  return sessions_.empty() && retired_.empty();
 }
 
 std::vector<std::shared_ptr<Session>> Server::sessions() const {
@@ -225,23 +264,32 @@ void Server::begin_drain() {
   });
 }
 
+void Server::stop_io() {
+  impl_->work0.reset();
+  if (http_) http_->stop();
+  for (auto& c : contexts_) c->stop();
+}
+
 void Server::drain_tick() {
   const auto now = std::chrono::steady_clock::now();
   const auto left = sessions();
   if (left.empty()) {
-    spdlog::info("drain: every connection closed");
-    impl_->work0.reset();
-    if (http_) http_->stop();
-    for (auto& c : contexts_) c->stop();
-    return;
-  }
-  if (now >= drain_deadline_) {
+    // Every connection is closed; the I/O threads go on until the sessions are destroyed too (the
+    // bus, stopped after them, must not outlive one that still refers to it).
+    if (!release_deadline_) {
+      spdlog::info("drain: every connection closed");
+      release_deadline_ = now + kReleaseWait;
+    }
+    if (sessions_released()) return stop_io();
+    if (now >= *release_deadline_) {
+      spdlog::warn("drain: closed connections still held after {} ms; stopping",
+                   std::chrono::duration_cast<std::chrono::milliseconds>(kReleaseWait).count());
+      return stop_io();
+    }
+  } else if (now >= drain_deadline_) {
     if (drain_forced_) {
       spdlog::warn("drain: {} connections did not close; stopping", left.size());
-      impl_->work0.reset();
-      if (http_) http_->stop();
-      for (auto& c : contexts_) c->stop();
-      return;
+      return stop_io();
     }
     drain_forced_ = true;
     spdlog::warn("drain: deadline reached, closing {} connections", left.size());

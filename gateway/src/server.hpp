@@ -1,9 +1,17 @@
 #pragma once
 // The gateway process: io_context pool, listeners, the session registry, signals, drain and reload.
+//
+// Teardown order (teardown(), run at the end of run() and by the destructor): the listeners stop
+// accepting and every connection is closed (the drain), the I/O threads stop once every Session
+// object is gone, then the listeners and the HTTP server are destroyed, then the bus (its own
+// threads joined: the NATS link, JetStream's ticker, the memory bus's durable timer), and only then
+// the io_contexts, so that no bus thread can post into a destroyed context.
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -58,25 +66,37 @@ class Server {
  private:
   void start_tcp();
   void drain_tick();
+  // True when no connection is registered and every Session object of a closed one is destroyed.
+  bool sessions_released();
+  void stop_io();   // ends run(): the io_contexts stop (they are not destroyed)
+  void teardown();  // the order above; idempotent
 
   GatewayConfig cfg_;
   std::string config_path_;
   TenantRegistry registry_;
   Metrics metrics_;
-  std::unique_ptr<Bus> bus_;
+  // Declared in reverse teardown order (members are destroyed last to first), which teardown()
+  // also follows explicitly: the contexts outlive the bus, the bus outlives the listeners.
   std::vector<std::unique_ptr<boost::asio::io_context>> contexts_;
-  std::vector<std::thread> threads_;
-  std::atomic<size_t> rr_{0};
+  std::unique_ptr<Bus> bus_;
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::unique_ptr<HttpServer> http_;
+  std::vector<std::thread> threads_;
+  std::atomic<size_t> rr_{0};
 
   mutable std::mutex sessions_mu_;
   std::unordered_map<uint64_t, std::weak_ptr<Session>> sessions_;
+  // Closed connections whose Session may still be referenced by a pending handler (pruned of the
+  // expired ones as it grows). The bus is stopped only once they are all gone.
+  std::vector<std::weak_ptr<Session>> retired_;
+  size_t retired_prune_at_ = 64;
   std::atomic<uint64_t> next_session_id_{1};
   std::atomic<bool> draining_{false};
   std::chrono::steady_clock::time_point drain_deadline_{};
+  std::optional<std::chrono::steady_clock::time_point> release_deadline_;
   bool drain_forced_ = false;
+  bool torn_down_ = false;
 };
 
 }  // namespace busgate::gw
