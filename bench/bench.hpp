@@ -56,6 +56,17 @@ struct Options {
 
 inline double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
+// Appends one PUB frame (no headers, reply or ack) to `out`: what a client's writer batches.
+inline void append_pub(std::string& out, const std::string& subject, std::string_view payload) {
+  const size_t s = proto::begin_frame(out);
+  proto::mp::Writer w(out);
+  w.array_header(3);
+  w.uint(3);
+  w.str(subject);
+  w.bin(payload);
+  proto::finish_frame(out, s);
+}
+
 inline void emit(const Options& o, const std::string& fields) {
   std::printf("{\"target\":\"%s\",\"workload\":\"%s\",\"size\":%zu,%s}\n", o.target.c_str(), o.workload.c_str(), o.size,
               fields.c_str());

@@ -66,15 +66,7 @@ void bg_publish(BgConn& c, const std::string& subject, size_t size, uint64_t cou
   uint64_t sent = 0;
   while (sent < count) {
     batch.clear();
-    for (int i = 0; i < 256 && sent < count; ++i, ++sent) {
-      const size_t s = proto::begin_frame(batch);
-      proto::mp::Writer w(batch);
-      w.array_header(3);
-      w.uint(3);
-      w.str(subject);
-      w.bin(payload);
-      proto::finish_frame(batch, s);
-    }
+    for (int i = 0; i < 256 && sent < count; ++i, ++sent) append_pub(batch, subject, payload);
     c.send_all(batch);
   }
 }

@@ -49,15 +49,7 @@ const char* mode_name(BMode m) {
 std::string pub_batch(const std::string& subject, size_t size, int n) {
   const std::string payload(size, 'x');
   std::string batch;
-  for (int i = 0; i < n; ++i) {
-    const size_t s = proto::begin_frame(batch);
-    proto::mp::Writer w(batch);
-    w.array_header(3);
-    w.uint(3);
-    w.str(subject);
-    w.bin(payload);
-    proto::finish_frame(batch, s);
-  }
+  for (int i = 0; i < n; ++i) append_pub(batch, subject, payload);
   return batch;
 }
 
