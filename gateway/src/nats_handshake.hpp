@@ -52,7 +52,10 @@ class NatsHandshake {
     std::optional<NatsInfo> info;  // an INFO that arrived with this item, to be applied
   };
 
+  // Holds `opt` and `creds` by reference: both must outlive the handshake (temporaries are refused).
   NatsHandshake(const NatsLinkOptions& opt, const NatsCreds& creds, NatsServerUrl server);
+  NatsHandshake(NatsLinkOptions&&, const NatsCreds&, NatsServerUrl) = delete;
+  NatsHandshake(const NatsLinkOptions&, NatsCreds&&, NatsServerUrl) = delete;
 
   // One protocol message from the server.
   Step on_item(const NatsItem& item);

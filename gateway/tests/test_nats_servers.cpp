@@ -259,7 +259,8 @@ TEST_CASE("nats handshake: tokens, URL credentials and nkey signatures in CONNEC
 
   // A seed that cannot sign ends the attempt with the reason, it does not throw out of the machine.
   NatsCreds bad{"", "SUnotaseed"};
-  NatsHandshake hs(NatsLinkOptions{}, bad, parse_nats_url("h:1"));
+  const NatsLinkOptions defaults;
+  NatsHandshake hs(defaults, bad, parse_nats_url("h:1"));
   const auto s = hs.on_item(item(NatsOp::info, R"({"nonce":"n"})"));
   CHECK(s.next == NatsHandshake::Next::fail);
   CHECK_FALSE(s.data.empty());

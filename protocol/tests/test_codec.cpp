@@ -6,8 +6,10 @@
 using namespace busgate::proto;
 
 namespace {
-Frame roundtrip(const Frame& f, Origin from) {
-  std::string body;
+// The decoded frame holds views into `body`, so the caller owns the buffer and keeps it alive while
+// it reads the frame.
+Frame roundtrip(const Frame& f, Origin from, std::string& body) {
+  body.clear();
   encode(f, body);
   Frame out;
   auto r = decode(body, from, out);
@@ -21,13 +23,14 @@ Frame roundtrip(const Frame& f, Origin from) {
 }  // namespace
 
 TEST_CASE("PUB encodes compactly and round-trips", "[codec]") {
+  std::string buf;
   Pub p;
   p.subject = "a.b";
   p.payload = "hi";
   std::string body;
   encode(p, body);
   CHECK(to_hex(body) == "9303a3612e62c4026869");
-  auto out = std::get<Pub>(roundtrip(p, Origin::client));
+  auto out = std::get<Pub>(roundtrip(p, Origin::client, buf));
   CHECK(out.subject == "a.b");
   CHECK(out.payload == "hi");
   CHECK(out.headers.empty());
@@ -37,7 +40,7 @@ TEST_CASE("PUB encodes compactly and round-trips", "[codec]") {
   body.clear();
   encode(p, body);
   CHECK(to_hex(body) == "9603a3612e62c4026869c0c007");
-  roundtrip(p, Origin::client);
+  roundtrip(p, Origin::client, buf);
 }
 
 TEST_CASE("decoded payloads point into the input buffer", "[codec]") {
@@ -54,6 +57,7 @@ TEST_CASE("decoded payloads point into the input buffer", "[codec]") {
 }
 
 TEST_CASE("every op round-trips with optional fields present", "[codec]") {
+  std::string buf;
   Hello h;
   h.versions = {1, 2};
   h.auth.type = mp::Type::map;
@@ -62,14 +66,14 @@ TEST_CASE("every op round-trips with optional fields present", "[codec]") {
   tok.s = "token";
   h.auth.map.push_back({"method", tok});
   h.name = "svc";
-  roundtrip(h, Origin::client);
+  roundtrip(h, Origin::client, buf);
 
   Welcome w;
   w.session_id = "s1";
   w.node_id = "n1";
   w.tenant = "demo";
   w.limits.type = mp::Type::map;
-  roundtrip(w, Origin::gateway);
+  roundtrip(w, Origin::gateway, buf);
 
   const std::string big(300, 'x');
   Msg m;
@@ -79,25 +83,25 @@ TEST_CASE("every op round-trips with optional fields present", "[codec]") {
   m.headers = {{"busgate-tenant", "demo"}, {"k", "v"}};
   m.reply_to = "_INBOX.x";
   m.delivery_id = 1ULL << 40;
-  auto mo = std::get<Msg>(roundtrip(m, Origin::gateway));
+  auto mo = std::get<Msg>(roundtrip(m, Origin::gateway, buf));
   CHECK(mo.headers.size() == 2);
   CHECK(mo.delivery_id == (1ULL << 40));
 
   Req q{5, "svc.x", "q", {{"a", "b"}}, 1500};
-  roundtrip(q, Origin::client);
+  roundtrip(q, Origin::client, buf);
   Res r{5, 0, "answer", {}};
-  roundtrip(r, Origin::gateway);
-  roundtrip(Ok{4, 9}, Origin::gateway);
-  roundtrip(Err{306, "denied", 3, 0}, Origin::gateway);
-  roundtrip(Ping{}, Origin::client);
-  roundtrip(Pong{}, Origin::gateway);
+  roundtrip(r, Origin::gateway, buf);
+  roundtrip(Ok{4, 9}, Origin::gateway, buf);
+  roundtrip(Err{306, "denied", 3, 0}, Origin::gateway, buf);
+  roundtrip(Ping{}, Origin::client, buf);
+  roundtrip(Pong{}, Origin::gateway, buf);
   Goaway g{2000, "restart", {"busgate://b:7422"}};
-  roundtrip(g, Origin::gateway);
-  roundtrip(Sub{1, "a.>", "q", {}}, Origin::client);
-  roundtrip(Unsub{1, 10}, Origin::client);
-  roundtrip(Ack{1, 2}, Origin::client);
-  roundtrip(Nak{1, 2, 50}, Origin::client);
-  roundtrip(Credit{1, 100}, Origin::client);
+  roundtrip(g, Origin::gateway, buf);
+  roundtrip(Sub{1, "a.>", "q", {}}, Origin::client, buf);
+  roundtrip(Unsub{1, 10}, Origin::client, buf);
+  roundtrip(Ack{1, 2}, Origin::client, buf);
+  roundtrip(Nak{1, 2, 50}, Origin::client, buf);
+  roundtrip(Credit{1, 100}, Origin::client, buf);
 }
 
 TEST_CASE("structural errors", "[codec]") {
