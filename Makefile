@@ -80,8 +80,8 @@ bench-quick: build
 # TSan: GCC 12's runtime stops with "unexpected memory mapping" under a high ASLR entropy
 # (vm.mmap_rnd_bits above 28); the script runs the TSan build, its tests and the gateways they start
 # under `setarch $(uname -m) -R` (no address randomization for that process tree), which it accepts.
-# Wall time on the 2-core machine, from an empty folder, every suite: test-asan 16.5 min (build 14.5,
-# tests 2), test-tsan 10 min (build 8.5, tests 1.5); `make test` alone takes about 13 min.
+# Wall time on the 2-core machine, from an empty folder, every suite: test-asan 16 min (build 14.5,
+# tests 1.5), test-tsan 10 min (build 8.5, tests 1.5); `make test` alone takes about 13 min.
 # Not yet part of `make test`: run them before a change to threading or lifetimes lands.
 test-asan: bootstrap
 	JOBS=$(JOBS) scripts/sanitize asan $(ASAN_DIR)

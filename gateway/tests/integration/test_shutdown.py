@@ -1,24 +1,32 @@
 """SIGTERM while clients publish, subscribe, request and consume durably, on the memory bus and on a
 real nats-server with JetStream: the gateway drains, stops its bus after its connections and
-exits 0, every time. Under the sanitizer builds (scripts/sanitize) any report the teardown causes
-fails the run as well."""
+exits 0, every time, also when a connection is still open at the end of the drain (a WebSocket
+peer that stopped reading, with a plain and a durable subscription). Under the sanitizer builds
+(scripts/sanitize) any report the teardown causes fails the run as well."""
 from __future__ import annotations
 
+import base64
+import os
 import pathlib
 import signal
+import socket
+import struct
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+import msgpack
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "nats"))
 from natsfix import NatsServer  # noqa: E402
-from rawgw import MSG, PING, PONG, PUB, REQ, RES, SUB, Closed, Gateway, RawClient, frame  # noqa: E402
+from rawgw import HELLO, MSG, PING, PONG, PUB, REQ, RES, SUB, Closed, Gateway, RawClient, frame  # noqa: E402
 
 ACK = 14
-ROUNDS = 3
+# Per round: whether a WebSocket peer that stopped reading is connected at the SIGTERM.
+ROUNDS = (False, True, False)
 
 
 def config(bus: str) -> str:
@@ -34,6 +42,37 @@ tenants:
     consumers:
       - {{name: workers, stream: jobs, subject: "jobs.>", max_inflight: 8, ack_wait_ms: 300}}
 """
+
+
+def stuck_websocket(http_addr) -> socket.socket:
+    """A busgate.v1 WebSocket connection with a plain and a durable subscription that then reads
+    nothing more and never answers the close handshake: it outlives the drain."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(http_addr)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET /v1/ws HTTP/1.1\r\nHost: {http_addr[0]}:{http_addr[1]}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Protocol: busgate.v1\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        assert chunk, "the gateway closed the WebSocket upgrade"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+
+    def send(*fields):  # one masked binary message
+        body = msgpack.packb(list(fields), use_bin_type=True)
+        mask = os.urandom(4)
+        n = len(body)
+        header = bytes([0x82]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n))
+        s.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(body)))
+
+    send(HELLO, [1], {"method": "token", "token": "dev-token"}, "stuck-ws")
+    send(SUB, 1, "events.>")
+    send(SUB, 2, "jobs.>", None, {"durable": "workers"})
+    return s
 
 
 class Traffic:
@@ -177,21 +216,30 @@ def bus_section(request):
 
 @pytest.mark.parametrize("bus_section", ["memory", "nats"], indirect=True)
 def test_sigterm_under_load_exits_cleanly(bus_section, gateways):
-    for _ in range(ROUNDS):
+    for stuck in ROUNDS:
         g = Gateway(config(bus_section))
         gateways.append(g)
         traffic = Traffic(g)
+        ws = stuck_websocket(g.http) if stuck else None
         try:
             traffic.wait_flowing()
+            if ws:
+                g.wait_log(r"connection open .*transport=ws", timeout=10)
             g.signal(signal.SIGTERM)
             try:
                 code = g.proc.wait(30)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 raise AssertionError("the gateway did not exit within 30 s of SIGTERM:\n" +
                                      "\n".join(g.log_lines[-30:]))
         finally:
             traffic.end()
+            if ws:
+                ws.close()
         tail = "\n".join(g.log_lines[-30:])
         assert code == 0, f"exit code {code}:\n{tail}"
         g.wait_log(r"busgate node \S+ stopped")
-        assert not any("still held" in line for line in g.log_lines), tail
+        if stuck:  # the drain gave up on it: the teardown ran with its session and subscriptions alive
+            g.wait_log(r"drain: \d+ connections did not close; stopping", timeout=1)
+        else:  # every session was closed and destroyed before the bus was stopped
+            g.wait_log(r"drain: every connection closed", timeout=1)
+            assert not any("still held" in line for line in g.log_lines), tail
