@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "busgate/protocol/subject.hpp"
+#include "config_check.hpp"
 #include "tenancy.hpp"
 
 namespace busgate::gw {
@@ -295,13 +296,13 @@ TenantConfig parse_tenant(const YAML::Node& n, const std::string& key) {
   return t;
 }
 
+// <hostname>-<pid> in the node_id grammar: other characters become '-', the hostname is cut to fit.
 std::string default_node_id() {
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
-  std::string h = host;
-  for (auto& c : h)
-    if (c == '.' || c == ' ') c = '-';
-  return (h.empty() ? std::string("node") : h) + "-" + std::to_string(getpid());
+  const std::string pid = "-" + std::to_string(getpid());
+  const std::string h = node_id_from(host);
+  return (h.empty() ? std::string("node") : h).substr(0, 64 - pid.size()) + pid;
 }
 
 }  // namespace
@@ -332,7 +333,11 @@ GatewayConfig parse_config(const std::string& text) {
   try {
     only_keys(root, "",
               {"node_id", "listen", "tls", "threads", "log", "timeouts", "limits", "admin", "bus", "tenants"});
-    if (root["node_id"]) c.node_id = get_str(root["node_id"], "node_id");
+    if (root["node_id"]) {
+      c.node_id = get_str(root["node_id"], "node_id");
+      if (!valid_node_id(c.node_id))
+        fail("node_id", "must be 1 to 64 letters, digits, '-' and '_' (it is a token of bus subjects)");
+    }
     if (const auto l = root["listen"]) {
       only_keys(l, "listen", {"tcp", "http", "tls", "https"});
       auto endpoint_or_off = [](const YAML::Node& n, const std::string& key) -> std::optional<Endpoint> {
@@ -390,12 +395,26 @@ GatewayConfig parse_config(const std::string& text) {
         fail("timeouts.goaway_delay_ms", "must not be above timeouts.drain_ms");
     }
     if (const auto l = root["limits"]) {
-      only_keys(l, "limits", {"max_pending_bytes", "max_backlog_bytes"});
+      only_keys(l, "limits",
+                {"max_pending_bytes", "max_backlog_bytes", "max_tenant_queued_bytes", "max_queued_bytes",
+                 "auth_failures_burst", "auth_failures_per_sec"});
       if (l["max_pending_bytes"])
         c.max_pending_bytes = get_num<uint32_t>(l["max_pending_bytes"], "limits.max_pending_bytes", 4096, 1u << 31);
       if (l["max_backlog_bytes"])
         c.max_backlog_bytes =
             get_num<uint64_t>(l["max_backlog_bytes"], "limits.max_backlog_bytes", 1u << 20, uint64_t{1} << 36);
+      if (l["max_tenant_queued_bytes"])
+        c.max_tenant_queued_bytes = get_num<uint64_t>(l["max_tenant_queued_bytes"], "limits.max_tenant_queued_bytes",
+                                                      1u << 20, uint64_t{1} << 40);
+      if (l["max_queued_bytes"])
+        c.max_queued_bytes =
+            get_num<uint64_t>(l["max_queued_bytes"], "limits.max_queued_bytes", 1u << 20, uint64_t{1} << 40);
+      if (l["auth_failures_burst"])
+        c.auth_failures_burst =
+            get_num<uint32_t>(l["auth_failures_burst"], "limits.auth_failures_burst", 0, 1000000);
+      if (l["auth_failures_per_sec"])
+        c.auth_failures_per_sec =
+            get_num<double>(l["auth_failures_per_sec"], "limits.auth_failures_per_sec", 0, 1000000);
     }
     if (const auto a = root["admin"]) {
       only_keys(a, "admin", {"token_sha256", "token"});
@@ -442,6 +461,8 @@ GatewayConfig parse_config(const std::string& text) {
         for (const auto& d : c.tenants[i].token_sha256)
           if (!digests.insert(d).second)
             fail("tenants[" + std::to_string(i) + "].tokens_sha256", "a token digest is used by two tenants");
+      // Namespaces and imports keep every tenant to its own subjects (docs/protocol.md section 9).
+      check_isolation(c.tenants);
     }
     if (c.tenants.empty()) fail("tenants", "at least one tenant is required");
   } catch (const YAML::Exception& e) {

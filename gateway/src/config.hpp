@@ -114,6 +114,13 @@ struct GatewayConfig {
   uint32_t max_pending_bytes = 8 * 1024 * 1024;  // outbound queue bound per connection
   // Messages a tenant's delivery lane keeps while it waits for one of its slow consumers.
   uint64_t max_backlog_bytes = 32 * 1024 * 1024;
+  // Bytes queued for clients (outbound queues and delivery backlogs) on this node: per tenant, and
+  // for every tenant together. Past either bound, new deliveries to the tenant's clients are refused.
+  uint64_t max_tenant_queued_bytes = 256ull * 1024 * 1024;
+  uint64_t max_queued_bytes = 1024ull * 1024 * 1024;
+  // Failed HELLOs per remote address: a burst, then this many a second (0 turns the throttle off).
+  uint32_t auth_failures_burst = 10;
+  double auth_failures_per_sec = 1.0;
   uint32_t request_timeout_ms = 5000;
   uint32_t max_request_timeout_ms = 60000;
   uint32_t drain_timeout_ms = 10000;

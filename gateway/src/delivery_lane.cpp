@@ -19,8 +19,14 @@ bool DeliveryLane::offer(const std::shared_ptr<LaneConsumer>& consumer, std::sha
         ++dropped_;
         return false;
       }
+      if (share_.overrun(n)) {
+        ++dropped_;
+        if (budget_drops_) budget_drops_->fetch_add(1, std::memory_order_relaxed);
+        return false;
+      }
       backlog_.push_back({consumer, std::move(sub), std::move(msg), n});
       backlog_bytes_ += n;
+      share_.report(backlog_bytes_);
       if (backlog_bytes_ > max_bytes_ && waiting_on_ && !overflowed_) {
         overflowed_ = true;
         overflow = waiting_ref_.lock();
@@ -83,6 +89,7 @@ bool DeliveryLane::drain(size_t budget) {
     Entry e = std::move(backlog_.front());
     backlog_.pop_front();
     backlog_bytes_ -= e.bytes;
+    share_.report(backlog_bytes_);
     lk.unlock();
     if (auto c = e.consumer.lock(); c && deliver(c, e.sub, e.msg)) start_wait(c);
   }

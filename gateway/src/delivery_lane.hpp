@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "bus.hpp"
+#include "queue_budget.hpp"
 
 namespace busgate::gw {
 
@@ -44,6 +45,13 @@ class LaneConsumer {
 class DeliveryLane : public std::enable_shared_from_this<DeliveryLane> {
  public:
   explicit DeliveryLane(size_t max_bytes) : max_bytes_(max_bytes) {}
+  // The backlog counts toward these budgets (queue_budget.hpp): a message that would overrun one is
+  // not kept (counted in `drops`). Call before the first offer().
+  void set_budgets(ByteBudget* tenant, ByteBudget* node, std::atomic<uint64_t>* drops) {
+    std::lock_guard lk(mu_);
+    share_.attach(tenant, node);
+    budget_drops_ = drops;
+  }
   DeliveryLane(const DeliveryLane&) = delete;
   DeliveryLane& operator=(const DeliveryLane&) = delete;
 
@@ -98,6 +106,8 @@ class DeliveryLane : public std::enable_shared_from_this<DeliveryLane> {
   bool overflowed_ = false;  // lane_overflow() was called for the consumer waited on
   bool draining_ = false;    // one thread delivers from the backlog
   uint64_t dropped_ = 0;
+  BudgetShare share_;
+  std::atomic<uint64_t>* budget_drops_ = nullptr;
   std::vector<std::function<void()>> idle_waiters_;
 };
 

@@ -172,6 +172,21 @@ std::string render_metrics(Server& server) {
   o << "# HELP busgate_backlog_drops_total Messages dropped because a tenant's delivery backlog was at twice max_backlog_bytes.\n"
        "# TYPE busgate_backlog_drops_total counter\nbusgate_backlog_drops_total "
     << m.backlog_drops.load() << "\n";
+  o << "# HELP busgate_budget_disconnects_total Connections closed with SLOW_CONSUMER because their tenant's or the node's queued-bytes budget was full.\n"
+       "# TYPE busgate_budget_disconnects_total counter\nbusgate_budget_disconnects_total "
+    << m.budget_disconnects.load() << "\n";
+  o << "# HELP busgate_budget_drops_total Messages not kept in a delivery backlog because a queued-bytes budget was full.\n"
+       "# TYPE busgate_budget_drops_total counter\nbusgate_budget_drops_total "
+    << m.budget_drops.load() << "\n";
+  o << "# HELP busgate_queued_bytes Bytes held for clients on this node (outbound queues and delivery backlogs).\n"
+       "# TYPE busgate_queued_bytes gauge\nbusgate_queued_bytes "
+    << server.queued_budget().used() << "\n";
+  o << "# HELP busgate_auth_failures_total HELLOs whose credentials were not accepted.\n"
+       "# TYPE busgate_auth_failures_total counter\nbusgate_auth_failures_total "
+    << m.auth_failures.load() << "\n";
+  o << "# HELP busgate_auth_throttled_total HELLOs refused before their token was checked because their address failed too often.\n"
+       "# TYPE busgate_auth_throttled_total counter\nbusgate_auth_throttled_total "
+    << m.auth_throttled.load() << "\n";
   o << "# HELP busgate_bus_subscriptions_refused_total Subscriptions the bus server refused (permissions of the gateway's own bus user).\n"
        "# TYPE busgate_bus_subscriptions_refused_total counter\nbusgate_bus_subscriptions_refused_total "
     << bs.subscriptions_refused << "\n";

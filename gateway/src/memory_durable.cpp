@@ -6,6 +6,7 @@
 #include <set>
 
 #include "busgate/protocol/subject.hpp"
+#include "log_text.hpp"
 
 namespace busgate::gw {
 
@@ -267,7 +268,7 @@ void MemoryDurable::on_publish(const BusMessagePtr& msg) {
     bool dup = false;
     const auto now = Clock::now();
     if (store_locked(msg, {}, *s, now, why, dup) != proto::Code::ok) {
-      spdlog::warn("memory bus: a message on {} was not stored: {}", msg->subject, why);
+      spdlog::warn("memory bus: a message on {} was not stored: {}", log_text(msg->subject), why);
       return;
     }
     for (Consumer* c : s->consumers) pump_locked(*c, now, out);

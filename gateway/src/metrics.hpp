@@ -17,6 +17,13 @@ struct Metrics {
   // connections paused), and publishing connections paused because the bus was congested.
   std::atomic<uint64_t> producer_paces{0};
   std::atomic<uint64_t> backlog_drops{0};  // messages dropped at twice a tenant's max_backlog_bytes
+  // Connections closed, and backlog entries dropped, because a tenant's or the node's queued-bytes
+  // budget was full (limits.max_tenant_queued_bytes, limits.max_queued_bytes).
+  std::atomic<uint64_t> budget_disconnects{0};
+  std::atomic<uint64_t> budget_drops{0};
+  // Failed HELLOs, and HELLOs refused unread because their address failed too often.
+  std::atomic<uint64_t> auth_failures{0};
+  std::atomic<uint64_t> auth_throttled{0};
   std::atomic<uint64_t> bus_congestion_pauses{0};
   std::atomic<uint64_t> foreign_protocol_rejects{0};
   std::atomic<uint64_t> bus_messages_dropped{0};  // from the bus, not deliverable as the spec requires

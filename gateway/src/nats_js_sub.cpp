@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "log_text.hpp"
 #include "nats_bus.hpp"
 
 namespace busgate::gw {
@@ -186,7 +187,7 @@ void JsSub::on_msg(const NatsInbound& m, bool current) {
   uint64_t sseq = 0;
   if (!parse_ack(m.reply, attempt, sseq)) {
     spdlog::warn("jetstream: a delivery for consumer {} with an unexpected reply subject '{}'", spec.name,
-                 m.reply.substr(0, 128));
+                 log_text(m.reply, 128));
     return;
   }
   thread_local std::string headers;

@@ -11,6 +11,7 @@
 #include <optional>
 #include <thread>
 
+#include "log_text.hpp"
 #include "nats_auth.hpp"
 #include "nats_connection.hpp"
 #include "nats_errors.hpp"
@@ -29,7 +30,8 @@ namespace {
 constexpr auto kRefusedLogEvery = std::chrono::seconds(10);
 constexpr size_t kLogTextMax = 256;
 
-std::string_view clip(std::string_view s) { return s.substr(0, kLogTextMax); }
+// Text from the server (its -ERR echoes subjects) on one escaped, bounded log line.
+std::string clip(std::string_view s) { return log_text(s, kLogTextMax); }
 
 // Runs every task, even when one throws (each failure is logged): one caller's exception must not
 // cost the others their answer.

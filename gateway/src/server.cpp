@@ -241,6 +241,7 @@ std::string Server::reload() {
   }
   registry_.load(fresh.tenants);
   cfg_.tenants = fresh.tenants;
+  auth_throttle_.reconfigure(fresh.auth_failures_burst, fresh.auth_failures_per_sec);
   configure_durable();
   const auto all = sessions();
   for (const auto& s : all) s->recheck_auth();

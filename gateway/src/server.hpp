@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "auth_throttle.hpp"
 #include "bus.hpp"
 #include "config.hpp"
 #include "metrics.hpp"
@@ -45,6 +46,10 @@ class Server {
   TenantRegistry& registry() { return registry_; }
   Bus& bus() { return *bus_; }
   Metrics& metrics() { return metrics_; }
+  // Bytes held for clients on this node (limits.max_queued_bytes), queue_budget.hpp.
+  ByteBudget& queued_budget() { return queued_budget_; }
+  // Failed HELLOs per remote address (limits.auth_failures_burst, limits.auth_failures_per_sec).
+  AuthThrottle& auth_throttle() { return auth_throttle_; }
   const std::string& node_id() const { return cfg_.node_id; }
   bool draining() const { return draining_.load(); }
   bool ready() const { return !draining_ && bus_->healthy(); }
@@ -73,6 +78,9 @@ class Server {
 
   GatewayConfig cfg_;
   std::string config_path_;
+  // Before the registry: the tenants' delivery lanes report into it until they are destroyed.
+  ByteBudget queued_budget_{cfg_.max_queued_bytes};
+  AuthThrottle auth_throttle_{cfg_.auth_failures_burst, cfg_.auth_failures_per_sec};
   TenantRegistry registry_;
   Metrics metrics_;
   // Declared in reverse teardown order (members are destroyed last to first), which teardown()

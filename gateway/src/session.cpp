@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/post.hpp>
+#include <cmath>
 #include <optional>
 #include <random>
 #include <utility>
@@ -10,6 +11,7 @@
 #include "busgate/protocol/msgpack.hpp"
 #include "busgate/protocol/subject.hpp"
 #include "handshake.hpp"
+#include "log_text.hpp"
 #include "server.hpp"
 #include "session_sub.hpp"
 #include "tcp_progress.hpp"
@@ -120,7 +122,7 @@ void Session::handle(const proto::Frame& f, const proto::DecodeResult& r) {
     case proto::Op::sub: return on_sub(std::get<proto::Sub>(f), r);
     case proto::Op::unsub: return on_unsub(std::get<proto::Unsub>(f));
     case proto::Op::req: return on_req(std::get<proto::Req>(f), r);
-    case proto::Op::ping: return send_frame(proto::Pong{});  // control frames bypass the outbound bound
+    case proto::Op::ping: return send_frame(proto::Pong{});
     case proto::Op::pong: return;
     case proto::Op::ack: {
       const auto& a = std::get<proto::Ack>(f);
@@ -147,8 +149,24 @@ void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
   if (r.code != Code::ok) return fatal(r.code, r.detail, 1);
   const HelloCheck check = check_hello(h);
   if (check.code != Code::ok) return fatal(check.code, check.message, 1);
+  // Failed HELLOs are throttled per remote address: past its budget, an address is refused before
+  // its token is looked at (docs/protocol.md section 15, authentication throttle).
+  AuthThrottle& throttle = server_.auth_throttle();
+  const std::string_view address = address_of(remote_);
+  const auto now = Clock::now();
+  if (!throttle.allowed(address, now)) {
+    server_.metrics().auth_throttled.fetch_add(1, std::memory_order_relaxed);
+    const auto wait_s = static_cast<uint64_t>(std::ceil(throttle.retry_after_s(address, now)));
+    return fatal(Code::auth_failed,
+                 "too many failed authentications from this address; try again in " + std::to_string(wait_s) + " s",
+                 1);
+  }
   auto auth = server_.registry().authenticate(check.token);
-  if (!auth) return fatal(Code::auth_failed, "the token was not accepted", 1);
+  if (!auth) {
+    throttle.failed(address, now);
+    server_.metrics().auth_failures.fetch_add(1, std::memory_order_relaxed);
+    return fatal(Code::auth_failed, "the token was not accepted", 1);
+  }
   if (server_.draining()) return fatal(Code::shutting_down, "the gateway is shutting down", 1);
   if (!auth->tenant->try_acquire_connection())
     return fatal(Code::too_many_connections, "tenant '" + auth->tenant->name() + "' reached its connection limit", 1);
@@ -158,7 +176,13 @@ void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
     tenant_ = auth->tenant;
     if (h.name) client_name_ = std::string(h.name->substr(0, 128));
   }
-  lane_ = tenant_->lane(server_.config().max_backlog_bytes);
+  {
+    const auto& g = server_.config();
+    lane_ = tenant_->lane(g.max_backlog_bytes, g.max_tenant_queued_bytes, &server_.queued_budget(),
+                          &server_.metrics().budget_drops);
+    std::lock_guard lk(out_mu_);
+    budget_.attach(&tenant_->queued_budget(g.max_tenant_queued_bytes), &server_.queued_budget());
+  }
   token_digest_ = std::move(auth->digest);
   const TenantConfig& c = cfg();
 
@@ -193,8 +217,9 @@ void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
   send_frame(w);
   handshake_timer_.cancel();
   state_ = State::open;
-  spdlog::info("connection open session={} tenant={} transport={} remote={} name={}", session_id_, tenant_->name(),
-               transport_kind_, remote_, client_name_);
+  // Client-supplied text is escaped: it cannot start a line or forge a field of its own.
+  spdlog::info("connection open session={} tenant={} transport={} remote={} name=\"{}\"", session_id_, tenant_->name(),
+               transport_kind_, log_text(remote_), log_text(client_name_, 160));
   arm_heartbeat();
 }
 
@@ -297,8 +322,11 @@ void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
   // later frames wait too (the transport holds them), so that they see the subscription live, but
   // the I/O thread serves everyone else.
   sub_pending_ = true;
+  // Queue groups are per tenant (docs/protocol.md section 10): on the bus the group's name carries the
+  // tenant's, so two tenants' groups of one name on a shared (imported) subject stay apart.
+  const std::string bus_queue = st->queue.empty() ? std::string{} : tenant_->name() + "." + st->queue;
   st->bus_id = server_.bus().subscribe_async(
-      st->mapping.bus_subject, st->queue,
+      st->mapping.bus_subject, bus_queue,
       [weak, st](const BusMessagePtr& m) {
         if (!st->live.load(std::memory_order_acquire)) return;
         if (auto self = weak.lock()) self->deliver(st, m);
@@ -390,6 +418,9 @@ void Session::on_req(const proto::Req& q, const proto::DecodeResult& r) {
     return send_res(q.req_id, Code::payload_too_large,
                     "payload of " + std::to_string(q.payload.size()) + " bytes is above max_payload");
   const TenantConfig& c = cfg();
+  if (q.subject.starts_with(kInbox))  // a reply subject is answered with PUB, never requested
+    return send_res(q.req_id, Code::permission_denied,
+                    "'" + std::string(q.subject.substr(0, 64)) + "' is a reply subject: answer it with PUB, not REQ");
   if (!subject_allowed(c.permissions.request, q.subject))
     return send_res(q.req_id, Code::permission_denied, "request to '" + std::string(q.subject) + "' is not permitted");
   if (!tenant_->try_acquire_request())
@@ -456,6 +487,7 @@ void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const B
                "the reply of " + std::to_string(frame.size() - 4) + " bytes is above max_frame");
     } else if (std::lock_guard lk(out_mu_); admit_locked(frame.size())) {
       out_.buf() += frame;
+      budget_.report(out_.pending());
       msgs_out_.fetch_add(1, std::memory_order_relaxed);
       bytes_out_.fetch_add(frame.size(), std::memory_order_relaxed);
     }
@@ -535,7 +567,11 @@ bool Session::queue_msg(SubState& sub, const BusMessage& m, std::string_view sub
     std::unique_lock lk(out_mu_);
     if (state_.load() == State::closed || closing_) return false;
     // A durable delivery is answered with ACK: it carries no reply subject (docs/protocol.md 16.2).
-    const std::string reply = durable ? std::string{} : grants_.map(m.reply_to, sub.own_prefix);
+    // Reply grants are bounded per tenant the message came from (reply_grants.hpp).
+    const std::string reply =
+        durable || m.reply_to.empty()
+            ? std::string{}
+            : grants_.map(m.reply_to, sub.own_prefix, packed_header(m.headers, proto::kTenantHeader));
     const size_t before = out_.buf().size();
     proto::encode_msg_framed(out_.buf(), sub.sid, subject, m.payload, m.headers, reply, delivery_id, attempt);
     const size_t n = out_.buf().size() - before;
@@ -657,6 +693,12 @@ void Session::lane_overflow(size_t backlog_bytes) {
 }
 
 bool Session::admit_locked(size_t extra) {
+  // The tenant's or the node's budget is full: a connection holding a fair part of its own bound is
+  // cut (it frees what it holds); one that reads along is not (docs/protocol.md section 15).
+  if (const char* full = budget_.overrun(extra); full && out_.pending() >= out_.max_pending() / 4) {
+    over_budget_locked(full);
+    return false;
+  }
   switch (out_.admit(extra)) {
     case OutboundQueue::Admit::over:
       if (out_.mark_slow()) {
@@ -676,26 +718,51 @@ bool Session::admit_locked(size_t extra) {
   }
 }
 
+void Session::over_budget_locked(const char* which) {
+  if (!out_.mark_slow()) return;
+  server_.metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
+  server_.metrics().budget_disconnects.fetch_add(1, std::memory_order_relaxed);
+  asio::post(ex_, [self = shared_from_this(), which] {
+    self->fatal(Code::slow_consumer, std::string("the client did not read fast enough and the bytes queued for ") +
+                                         (std::string_view(which) == "max_queued_bytes" ? "this node" : "its tenant") +
+                                         " reached " + which);
+  });
+}
+
+bool Session::control_room_locked() {
+  constexpr size_t kControlSlack = 64 * 1024;
+  budget_.report(out_.pending());
+  if (out_.pending() <= out_.max_pending() + kControlSlack) return true;
+  if (out_.mark_slow()) {
+    server_.metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
+    asio::post(ex_, [self = shared_from_this()] {
+      self->fatal(Code::slow_consumer, "the client did not read its answers: outbound queue passed " +
+                                           std::to_string(self->out_.max_pending()) + " bytes");
+    });
+  }
+  return false;
+}
+
 void Session::send_frame(const proto::Frame& f) {
   std::lock_guard lk(out_mu_);
-  proto::encode_framed(f, out_.buf());
+  if (control_room_locked()) proto::encode_framed(f, out_.buf());
 }
 
 void Session::send_err(Code code, std::string_view message, uint64_t ref_op, uint64_t ref_id) {
   server_.metrics().count_error(code);
   std::lock_guard lk(out_mu_);
-  proto::encode_err_framed(out_.buf(), code, message, ref_op, ref_id);
+  if (control_room_locked()) proto::encode_err_framed(out_.buf(), code, message, ref_op, ref_id);
 }
 
 void Session::send_ok(uint64_t ref_op, uint64_t ref_id) {
   std::lock_guard lk(out_mu_);
-  proto::encode_ok_framed(out_.buf(), ref_op, ref_id);
+  if (control_room_locked()) proto::encode_ok_framed(out_.buf(), ref_op, ref_id);
 }
 
 void Session::send_res(uint32_t req_id, Code status, std::string_view message) {
   server_.metrics().count_error(status);
   std::lock_guard lk(out_mu_);
-  proto::encode_res_framed(out_.buf(), req_id, static_cast<uint64_t>(status), message, {});
+  if (control_room_locked()) proto::encode_res_framed(out_.buf(), req_id, static_cast<uint64_t>(status), message, {});
 }
 
 bool Session::on_batch_end() {
@@ -733,6 +800,7 @@ void Session::resume_paced() {
 }
 
 void Session::schedule_flush_locked() {
+  budget_.report(out_.pending());
   if (flush_posted_ || out_.writing()) return;
   flush_posted_ = true;
   asio::post(ex_, [self = shared_from_this()] { self->flush(); });
@@ -761,6 +829,7 @@ void Session::on_write(bool ok) {
   {
     std::lock_guard lk(out_mu_);
     if (out_.written()) stall_spent_ = false;  // only after the queue has emptied
+    budget_.report(out_.pending());
     if (lane_waiting_ && !out_.past_half()) lane.swap(lane_waiting_);
   }
   if (lane) resume_lane(std::move(lane));
@@ -808,7 +877,7 @@ void Session::on_closed(std::string reason) {
   cleanup();
   server_.metrics().connections_closed.fetch_add(1, std::memory_order_relaxed);
   spdlog::info("connection closed session={} tenant={} transport={} remote={} reason=\"{}\"", session_id_,
-               tenant_ ? tenant_->name() : "-", transport_kind_, remote_, close_reason_);
+               tenant_ ? tenant_->name() : "-", transport_kind_, log_text(remote_), log_text(close_reason_, 512));
   server_.remove_session(id_);
 }
 
@@ -843,6 +912,7 @@ void Session::cleanup() {
   }
   std::lock_guard lk(out_mu_);
   out_.clear();
+  budget_.report(0, true);
   grants_.clear();
 }
 
@@ -915,8 +985,41 @@ void Session::recheck_auth() {
   asio::post(ex_, [self = shared_from_this()] {
     if (!self->tenant_ || self->state_ == State::closed) return;
     if (!self->server_.registry().still_valid(*self->tenant_, self->token_digest_))
-      self->fatal(Code::auth_revoked, "the credentials of this connection were revoked");
+      return self->fatal(Code::auth_revoked, "the credentials of this connection were revoked");
+    self->recheck_subscriptions();
   });
+}
+
+void Session::recheck_subscriptions() {
+  if (closing_ || state_.load() == State::closed) return;
+  const TenantConfig& c = cfg();
+  std::vector<uint32_t> ended;
+  for (const auto& [sid, st] : subs_) {
+    const RuleCheck rc = subscription_allowed(c.permissions.subscribe, st->subject);
+    bool same = rc.allowed;
+    if (same && !st->is_durable) {
+      // What the subscription sees depends on its mapping (stream imports), the namespace and the
+      // deny list it filters with: any change ends it, and a new SUB gets the new rules.
+      const Mapping m = map_subscription(c, st->subject);
+      same = m.bus_subject == st->mapping.bus_subject && m.bus_prefix == st->mapping.bus_prefix &&
+             m.client_prefix == st->mapping.client_prefix && c.prefix == st->own_prefix &&
+             rc.needs_filter == st->filter && (!rc.needs_filter || st->deny == c.permissions.subscribe.deny);
+    }
+    if (!same) ended.push_back(sid);
+  }
+  for (const uint32_t sid : ended) {
+    auto it = subs_.find(sid);
+    const std::string subject = it->second->subject;
+    remove_sub(sid);
+    send_err(Code::permission_denied,
+             "subscription to '" + subject + "' ended: the gateway's configuration no longer allows it as it was made",
+             4, sid);
+  }
+  if (!ended.empty()) {
+    spdlog::info("session={} tenant={}: {} subscriptions ended by the reload", session_id_, tenant_->name(),
+                 ended.size());
+    flush();
+  }
 }
 
 std::vector<Session::SubInfo> Session::subscriptions() const {

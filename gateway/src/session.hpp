@@ -15,6 +15,7 @@
 #include "bus.hpp"
 #include "delivery_lane.hpp"
 #include "outbound_queue.hpp"
+#include "queue_budget.hpp"
 #include "reply_grants.hpp"
 #include "request_table.hpp"
 #include "durable.hpp"
@@ -49,7 +50,9 @@ class Session : public std::enable_shared_from_this<Session>, public LaneConsume
   // Server → Session (any thread; they post to the executor).
   void goaway(uint32_t delay_ms);
   void shutdown(proto::Code code, std::string message);  // fatal ERR and close
-  void recheck_auth();                                   // after a reload
+  // After a reload: the credentials are still valid (else AUTH_REVOKED), and every subscription is
+  // one the new configuration would make as it is (else it ends with ERR PERMISSION_DENIED).
+  void recheck_auth();
 
   // Introspection for the admin API and metrics (thread-safe snapshots).
   struct Info {
@@ -123,6 +126,11 @@ class Session : public std::enable_shared_from_this<Session>, public LaneConsume
   void send_frame(const proto::Frame& f);
   // Checks the outbound bound for `extra` more bytes; false (and the slow-consumer policy applied)
   // when the frame must be dropped. Caller holds out_mu_.
+  // Control frames (OK, ERR, PONG, RES) count toward the outbound bound too: false (and the
+  // slow-consumer policy) when the queue is past it with some slack.
+  void recheck_subscriptions();
+  bool control_room_locked();
+  void over_budget_locked(const char* which);
   bool admit_locked(size_t extra);
   void resume_paced();             // publisher side: the tenant's lane is idle again
   bool peer_acked_more_locked();   // the peer acknowledged bytes since the last look
@@ -175,6 +183,7 @@ class Session : public std::enable_shared_from_this<Session>, public LaneConsume
 
   mutable std::mutex out_mu_;
   OutboundQueue out_;         // under out_mu_
+  BudgetShare budget_;        // under out_mu_: out_ counted toward the tenant's and the node's budgets
   bool flush_posted_ = false;
   bool closing_ = false;     // a fatal ERR is queued: write it, then close
   // Producer flow control (delivery_lane.hpp): when a delivery takes the queue past half of

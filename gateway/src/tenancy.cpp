@@ -155,9 +155,20 @@ void TenantState::set_config(std::shared_ptr<const TenantConfig> c) {
   generation_.fetch_add(1, std::memory_order_release);
 }
 
-std::shared_ptr<DeliveryLane> TenantState::lane(size_t max_backlog_bytes) {
+ByteBudget& TenantState::queued_budget(uint64_t max_bytes) {
   std::lock_guard lk(mu_);
-  if (!lane_) lane_ = std::make_shared<DeliveryLane>(max_backlog_bytes);
+  if (!queued_) queued_ = std::make_unique<ByteBudget>(max_bytes);
+  return *queued_;
+}
+
+std::shared_ptr<DeliveryLane> TenantState::lane(size_t max_backlog_bytes, uint64_t max_tenant_queued, ByteBudget* node,
+                                                std::atomic<uint64_t>* budget_drops) {
+  ByteBudget& tenant = queued_budget(max_tenant_queued);
+  std::lock_guard lk(mu_);
+  if (!lane_) {
+    lane_ = std::make_shared<DeliveryLane>(max_backlog_bytes);
+    lane_->set_budgets(&tenant, node, budget_drops);
+  }
   return lane_;
 }
 

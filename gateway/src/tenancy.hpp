@@ -14,6 +14,7 @@
 
 #include "config.hpp"
 #include "delivery_lane.hpp"
+#include "queue_budget.hpp"
 
 namespace busgate::gw {
 
@@ -84,8 +85,13 @@ class TenantState {
     return try_publish_limited(bytes);
   }
 
-  // The tenant's delivery lane (delivery_lane.hpp), created on first use with this backlog bound.
-  std::shared_ptr<DeliveryLane> lane(size_t max_backlog_bytes);
+  // The bytes held for this tenant's clients on this node (queue_budget.hpp), created on first use
+  // with this bound.
+  ByteBudget& queued_budget(uint64_t max_bytes);
+  // The tenant's delivery lane (delivery_lane.hpp), created on first use with this backlog bound; its
+  // backlog counts toward the tenant's budget and `node`.
+  std::shared_ptr<DeliveryLane> lane(size_t max_backlog_bytes, uint64_t max_tenant_queued, ByteBudget* node,
+                                     std::atomic<uint64_t>* budget_drops);
 
   int connections() const { return connections_.load(); }
   int inflight() const { return inflight_.load(); }
@@ -105,6 +111,7 @@ class TenantState {
   std::mutex bucket_mu_;
   TokenBucket msg_bucket_, byte_bucket_;
   std::atomic<bool> unlimited_publish_{true};
+  std::unique_ptr<ByteBudget> queued_;  // under mu_; declared before the lane, which reports into it
   std::shared_ptr<DeliveryLane> lane_;  // under mu_
 };
 

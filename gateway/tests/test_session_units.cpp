@@ -17,7 +17,8 @@ TEST_CASE("reply grants: own subjects shown as they are, inboxes granted once, o
   CHECK(g.size() == 0);
   CHECK(g.map("_INBOX.node1.42", "t.acme.") == "_INBOX.node1.42");
   const std::string alias = g.map("t.other.private", "t.acme.");
-  CHECK(alias.starts_with("_INBOX.gw."));
+  CHECK(alias.starts_with("_INBOX.~"));
+  CHECK(alias.size() == 8 + 22);
   CHECK(alias.find("other") == std::string::npos);  // another namespace is never shown
   CHECK(g.size() == 2);
   CHECK(g.take(alias) == "t.other.private");
@@ -26,19 +27,71 @@ TEST_CASE("reply grants: own subjects shown as they are, inboxes granted once, o
   CHECK(g.take("_INBOX.never").empty());
 }
 
+TEST_CASE("reply grants: an alias never equals a request inbox or a subject shown as it is", "[grants]") {
+  ReplyGrants g;
+  // An own subject that reads as a request inbox once the namespace is stripped: aliased, so that it
+  // cannot take the place of the real inbox `_INBOX.gw.5` of another request.
+  const std::string own = g.map("t.acme._INBOX.gw.5", "t.acme.");
+  CHECK(own.starts_with("_INBOX.~"));
+  CHECK(g.map("_INBOX.gw.5", "t.acme.") == "_INBOX.gw.5");
+  CHECK(g.take("_INBOX.gw.5") == "_INBOX.gw.5");
+  CHECK(g.take(own) == "t.acme._INBOX.gw.5");
+  // Names in the alias space, or with more tokens than a request inbox, are never shown as they are.
+  CHECK(g.map("_INBOX.~abc.1", "t.acme.") != "_INBOX.~abc.1");
+  CHECK(g.map("_INBOX.~abc", "t.acme.") != "_INBOX.~abc");
+  CHECK(g.map("_INBOX.a.b.c", "t.acme.").starts_with("_INBOX.~"));
+  // Aliases are random: two maps of one subject give two different one-use names.
+  const auto a1 = g.map("t.other.x", "t.acme.");
+  const auto a2 = g.map("t.other.x", "t.acme.");
+  CHECK(a1 != a2);
+}
+
 TEST_CASE("reply grants: a stored publish's confirmation inbox is not shown", "[grants]") {
   ReplyGrants g;
   CHECK(g.map("_INBOX.node1.js.7", "t.acme.").empty());
   CHECK(g.size() == 0);
 }
 
-TEST_CASE("reply grants are bounded: the oldest expire", "[grants]") {
+TEST_CASE("reply grants are bounded per origin tenant: the oldest of that tenant expire", "[grants]") {
   ReplyGrants g(3);
-  for (int i = 0; i < 5; ++i) g.map("_INBOX.n." + std::to_string(i), "t.a.");
-  CHECK(g.size() == 3);
+  CHECK(g.map("_INBOX.n.a", "t.x.", "acme") == "_INBOX.n.a");  // tenant acme's pending request
+  for (int i = 0; i < 1000; ++i) g.map("_INBOX.n." + std::to_string(i), "t.x.", "mallory");
+  CHECK(g.size() == 4);
+  CHECK(g.take("_INBOX.n.a") == "_INBOX.n.a");  // another tenant's flood did not evict it
   CHECK(g.take("_INBOX.n.0").empty());
-  CHECK(g.take("_INBOX.n.1").empty());
-  CHECK(g.take("_INBOX.n.4") == "_INBOX.n.4");
+  CHECK(g.take("_INBOX.n.996").empty());
+  CHECK(g.take("_INBOX.n.999") == "_INBOX.n.999");
+  // Origins named by headers are bounded too: past the bound they share one.
+  ReplyGrants h(2, 4);
+  for (int i = 0; i < 100; ++i) h.map("_INBOX.n." + std::to_string(i), "t.x.", "forged-" + std::to_string(i));
+  CHECK(h.size() <= 2 * 5);
+}
+
+TEST_CASE("reply grants: taking and granting again keeps the bound", "[grants]") {
+  ReplyGrants g(2);
+  for (int i = 0; i < 10000; ++i) {
+    const auto v = g.map("t.o." + std::to_string(i), "t.x.", "acme");
+    CHECK(g.take(v) == "t.o." + std::to_string(i));
+  }
+  CHECK(g.size() == 0);
+  g.map("t.o.a", "t.x.", "acme");
+  g.map("t.o.b", "t.x.", "acme");
+  CHECK(g.size() == 2);
+}
+
+TEST_CASE("packed_header finds a header in a msgpack map", "[grants]") {
+  std::string packed;
+  busgate::proto::mp::Writer w(packed);
+  w.map_header(2);
+  w.str("k");
+  w.str("v");
+  w.str("busgate-tenant");
+  w.str("acme");
+  CHECK(packed_header(packed, "busgate-tenant") == "acme");
+  CHECK(packed_header(packed, "k") == "v");
+  CHECK(packed_header(packed, "none").empty());
+  CHECK(packed_header("", "k").empty());
+  CHECK(packed_header("\xc1", "k").empty());
 }
 
 TEST_CASE("request table: deadlines, the one timer and replies by token", "[requests]") {

@@ -699,6 +699,13 @@ class _Connection:
                 fut.set_exception(err)
                 self.changed.set()
                 return
+            if isinstance(err, E.PermissionDenied):
+                # the gateway ended a live subscription (a configuration reload no longer allows it as
+                # it was made): it delivers nothing more and is not made again on a reconnect
+                sub = self.client._subs.get(f.ref_id)
+                if sub is not None:
+                    self.client._forget_sub(sub)
+                    sub._end(err)
         # not tied to a waiting call: a PUB without ack, SLOW_CONSUMER_WARNING, a delivery that was
         # too large for max_frame, UNKNOWN_OP, ...
         self.client._report(err)

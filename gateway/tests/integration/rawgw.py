@@ -1,6 +1,7 @@
 """Fixtures that start the real busgate binary and speak raw frames to it over sockets."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
@@ -8,6 +9,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -301,3 +303,20 @@ def clients():
     yield track
     for c in made:
         c.close()
+
+
+@contextlib.contextmanager
+def bus_config(kind: str):
+    """The `bus:` section of a gateway configuration: the memory bus, or ("nats") a real nats-server
+    with JetStream on file storage in a temporary folder, stopped at the end."""
+    if kind == "memory":
+        yield "bus: {kind: memory}"
+        return
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "nats"))
+    from natsfix import NatsServer
+    with tempfile.TemporaryDirectory() as store:
+        server = NatsServer(extra=["-js", "-sd", store])
+        try:
+            yield f'bus: {{kind: nats, servers: ["{server.url}"]}}'
+        finally:
+            server.stop()

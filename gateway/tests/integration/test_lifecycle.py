@@ -53,7 +53,7 @@ def test_json_logs(start_gateway, clients):
 
 def test_connection_log_lines(gw, clients):
     c = gw.client(name="logger-test")
-    gw.wait_log(r"connection open session=\S+ tenant=demo transport=tcp remote=127\.0\.0\.1:\d+ name=logger-test")
+    gw.wait_log(r"connection open session=\S+ tenant=demo transport=tcp remote=127\.0\.0\.1:\d+ name=\"logger-test\"")
     c.close()
     gw.wait_log(r"connection closed session=\S+ tenant=demo transport=tcp remote=127\.0\.0\.1:\d+ reason=\"peer closed\"")
 

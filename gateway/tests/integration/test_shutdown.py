@@ -7,22 +7,17 @@ from __future__ import annotations
 
 import base64
 import os
-import pathlib
 import signal
 import socket
 import struct
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 
 import msgpack
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "nats"))
-from natsfix import NatsServer  # noqa: E402
-from rawgw import HELLO, MSG, PING, PONG, PUB, REQ, RES, SUB, Closed, Gateway, RawClient, frame  # noqa: E402
+from rawgw import HELLO, MSG, PING, PONG, PUB, REQ, RES, SUB, Closed, Gateway, RawClient, bus_config, frame  # noqa: E402
 
 ACK = 14
 # Per round: whether a WebSocket peer that stopped reading is connected at the SIGTERM.
@@ -203,15 +198,8 @@ def gateways():
 
 @pytest.fixture
 def bus_section(request):
-    if request.param == "memory":
-        yield "bus: {kind: memory}"
-        return
-    with tempfile.TemporaryDirectory() as store:
-        server = NatsServer(extra=["-js", "-sd", store])
-        try:
-            yield f'bus: {{kind: nats, servers: ["{server.url}"]}}'
-        finally:
-            server.stop()
+    with bus_config(request.param) as section:
+        yield section
 
 
 @pytest.mark.parametrize("bus_section", ["memory", "nats"], indirect=True)
