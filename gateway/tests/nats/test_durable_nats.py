@@ -610,6 +610,8 @@ def test_consumer_metrics(nats, store, start_gateway, clients):
     for m in held[1:] + [again]:
         c.send(ACK, 1, m[6])
     wait_metrics(g, {"redelivered_total": 1, "subscribers": 1})
+    for _ in range(4):  # the next 4 fill the cap again; they are held (not settled) at the UNSUB
+        c.expect(MSG)
     c.send(UNSUB, 1)
     c.flush()
     wait_metrics(g, {"subscribers": 0})
