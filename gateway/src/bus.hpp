@@ -42,13 +42,30 @@ using BusMessagePtr = std::shared_ptr<const BusMessage>;
 using DeliverFn = std::function<void(const BusMessagePtr&)>;
 using ReplyFn = std::function<void(proto::Code status, const BusMessagePtr& reply)>;
 
+// Request inbox tokens. A request's reply subject is `_INBOX.<node_id>.<token>`; the token is a
+// random 64-bit value from OpenSSL's CSPRNG (drawn in batches per thread, so it costs about as much
+// as a counter), so a peer that has seen any number of inboxes cannot guess another one and answer
+// in the responder's place. Never 0.
+uint64_t random_token();
+// A token in a subject: exactly 11 base-62 characters (0-9, A-Z, a-z), most significant first.
+constexpr size_t kInboxTokenChars = 11;
+void append_inbox_token(std::string& out, uint64_t token);
+// The token written by append_inbox_token(); false for anything else (another length, another
+// character, a value above 64 bits).
+bool parse_inbox_token(std::string_view text, uint64_t& token);
+
 // The pending requests of a bus's node inbox: token → callback, each callback taken at most once
 // (by a reply, a no-responders answer, or never after cancel). Thread-safe.
 class ReplyTable {
  public:
-  void add(uint64_t token, ReplyFn fn) {
+  // Registers `fn` under a fresh random token (random_token(), drawn again on the astronomically
+  // unlikely collision with a pending one) and returns the token.
+  uint64_t add(ReplyFn fn) {
     std::lock_guard lk(mu_);
-    pending_.emplace(token, std::move(fn));
+    for (;;) {
+      const uint64_t token = random_token();
+      if (pending_.try_emplace(token, std::move(fn)).second) return token;
+    }
   }
   // The callback for `token`, removed; empty when it was already taken or cancelled.
   ReplyFn take(uint64_t token) {
@@ -123,6 +140,9 @@ class Bus {
   // no server) and must not block. Calls made close together share one round trip.
   virtual void confirm(CodeFn done) { done(proto::Code::ok); }
   virtual bool healthy() const = 0;
+  // Why the bus keeps the node from being ready when that is not a lost connection (for /readyz):
+  // empty otherwise. NATS: another live node uses this node's id on the bus.
+  virtual std::string not_ready_reason() const { return {}; }
   // The largest message (payload and headers) the bus carries; 0 when the bus has no limit.
   virtual size_t max_message() const { return 0; }
   virtual const char* kind() const = 0;

@@ -306,7 +306,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
     } else if (t == "/readyz" && get) {
       const bool ready = server_.ready();
       res.result(ready ? http::status::ok : http::status::service_unavailable);
-      res.body() = ready ? "ready\n" : (server_.draining() ? "draining\n" : "bus unavailable\n");
+      const std::string why = server_.bus().not_ready_reason();
+      res.body() = ready                ? "ready\n"
+                   : server_.draining() ? "draining\n"
+                   : why.empty()        ? "bus unavailable\n"
+                                        : why + "\n";
     } else if (t == "/metrics" && get) {
       res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
       res.body() = render_metrics(server_);

@@ -1,12 +1,61 @@
 #include "memory_bus.hpp"
 
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <array>
-#include <charconv>
+#include <cstdlib>
 
 #include "busgate/protocol/subject.hpp"
 
 namespace busgate::gw {
+
+uint64_t random_token() {
+  // 64 tokens per draw from the CSPRNG: one RAND_bytes call every 64 requests on a thread.
+  thread_local std::array<uint64_t, 64> pool;
+  thread_local size_t left = 0;
+  for (;;) {
+    if (left == 0) {
+      if (RAND_bytes(reinterpret_cast<unsigned char*>(pool.data()), static_cast<int>(sizeof pool)) != 1) {
+        // Guessable inboxes would let any bus peer answer requests: better no gateway at all.
+        spdlog::critical("the system's random number generator failed (RAND_bytes): stopping");
+        std::abort();
+      }
+      left = pool.size();
+    }
+    const uint64_t t = pool[--left];
+    if (t != 0) return t;
+  }
+}
+
+namespace {
+constexpr char kBase62[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+}
+
+void append_inbox_token(std::string& out, uint64_t token) {
+  char buf[kInboxTokenChars];
+  for (size_t i = kInboxTokenChars; i-- > 0;) {
+    buf[i] = kBase62[token % 62];
+    token /= 62;
+  }
+  out.append(buf, kInboxTokenChars);
+}
+
+bool parse_inbox_token(std::string_view text, uint64_t& token) {
+  if (text.size() != kInboxTokenChars) return false;
+  uint64_t v = 0;
+  for (char c : text) {
+    unsigned d;
+    if (c >= '0' && c <= '9') d = static_cast<unsigned>(c - '0');
+    else if (c >= 'A' && c <= 'Z') d = static_cast<unsigned>(c - 'A') + 10;
+    else if (c >= 'a' && c <= 'z') d = static_cast<unsigned>(c - 'a') + 36;
+    else return false;
+    if (__builtin_mul_overflow(v, uint64_t{62}, &v) || __builtin_add_overflow(v, uint64_t{d}, &v)) return false;
+  }
+  token = v;
+  return true;
+}
 
 BusMessage::BusMessage(std::string_view subject_in, std::string_view reply_in, std::string_view headers_in,
                        std::string_view payload_in) {
@@ -208,10 +257,9 @@ size_t MemoryBus::deliver(const BusMessagePtr& msg) {
 
 proto::Code MemoryBus::publish(BusMessagePtr msg, bool /*immediate: delivery is synchronous*/) {
   if (msg->subject.starts_with(inbox_prefix_)) {
-    uint64_t token = 0;
-    const auto rest = msg->subject.substr(inbox_prefix_.size());
-    std::from_chars(rest.data(), rest.data() + rest.size(), token);
-    if (ReplyFn fn = requests_.take(token)) fn(proto::Code::ok, msg);  // else a late reply: dropped
+    uint64_t token = 0;  // never a request's
+    parse_inbox_token(msg->subject.substr(inbox_prefix_.size()), token);
+    if (ReplyFn fn = requests_.take(token)) fn(proto::Code::ok, msg);  // else a late or unknown reply: dropped
     return proto::Code::ok;
   }
   durable_.on_publish(msg);
@@ -220,9 +268,12 @@ proto::Code MemoryBus::publish(BusMessagePtr msg, bool /*immediate: delivery is 
 }
 
 uint64_t MemoryBus::request(std::shared_ptr<BusMessage> msg, ReplyFn fn) {
-  const uint64_t token = next_id_.fetch_add(1);
-  msg->set_reply_to(inbox_prefix_ + std::to_string(token));
-  requests_.add(token, std::move(fn));
+  const uint64_t token = requests_.add(std::move(fn));
+  std::string reply;
+  reply.reserve(inbox_prefix_.size() + kInboxTokenChars);
+  reply.append(inbox_prefix_);
+  append_inbox_token(reply, token);
+  msg->set_reply_to(std::move(reply));
   if (deliver(msg) == 0)
     if (ReplyFn f = requests_.take(token)) f(proto::Code::no_responders, nullptr);
   return token;

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <spdlog/spdlog.h>
 
-#include <charconv>
 #include <condition_variable>
 #include <vector>
 
@@ -21,6 +20,8 @@ namespace {
 
 constexpr uint64_t kInboxSid = 1;
 constexpr auto kSubscribeWait = std::chrono::seconds(1);
+// A conflict seen by a node that stays ready is logged at most this often.
+constexpr auto kConflictLogEvery = std::chrono::seconds(10);
 
 struct Local {
   uint64_t id;
@@ -29,6 +30,14 @@ struct Local {
   // the PING sent after its SUB: what arrives before that was published before it subscribed.
   bool active;
 };
+
+// A reserved key as gateways write it: lowercase letters, digits, '-', '_' and '.', at most 64 bytes.
+bool reserved_key_as_written(std::string_view k) {
+  if (k.size() > 64) return false;
+  for (char c : k)
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.')) return false;
+  return true;
+}
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
@@ -108,7 +117,9 @@ std::string_view from_nats_headers(std::string_view block, std::string& out, boo
     const size_t colon = line.find(':');
     if (colon == std::string_view::npos || colon == 0) continue;
     const std::string_view k = trim(line.substr(0, colon));
-    const std::string_view v = trim(line.substr(colon + 1));
+    // The value is carried byte for byte: only the one space after the colon is the format's.
+    std::string_view v = line.substr(colon + 1);
+    if (!v.empty() && v.front() == ' ') v.remove_prefix(1);
     if (drop_nats && k.size() > 5 && (k[0] | 0x20) == 'n' && (k[1] | 0x20) == 'a' && (k[2] | 0x20) == 't' &&
         (k[3] | 0x20) == 's' && k[4] == '-')
       continue;
@@ -123,7 +134,9 @@ std::string_view from_nats_headers(std::string_view block, std::string& out, boo
     // The gateways' own busgate- headers do not count against the 64 a publisher may set.
     const proto::Code hc = proto::validate_header(k, v);
     const bool gateway_set = hc == proto::Code::reserved_header;
-    const bool fits = hc == proto::Code::ok || (gateway_set && k.size() <= 64 && v.size() <= 4096);
+    // Gateways write their headers in lowercase: another casing of a reserved key is somebody
+    // else's, and a client must never see two differently cased copies of one of them.
+    const bool fits = hc == proto::Code::ok || (gateway_set && reserved_key_as_written(k) && v.size() <= 4096);
     if (!fits || (!gateway_set && plain >= proto::kMaxHeaders)) {
       g_headers_dropped.fetch_add(1, std::memory_order_relaxed);
       continue;
@@ -151,7 +164,8 @@ struct NatsBus::Interest {
   bool refused = false;  // the server refused the SUB: the interest is gone (under mu)
 };
 
-NatsBus::NatsBus(const GatewayConfig& cfg) : inbox_prefix_("_INBOX." + cfg.node_id + ".") {
+NatsBus::NatsBus(const GatewayConfig& cfg)
+    : node_id_(cfg.node_id), inbox_prefix_("_INBOX." + cfg.node_id + "."), probe_(random_token()) {
   NatsLinkOptions o;
   o.servers = cfg.bus.servers;
   o.name = cfg.bus.name;
@@ -168,16 +182,89 @@ NatsBus::NatsBus(const GatewayConfig& cfg) : inbox_prefix_("_INBOX." + cfg.node_
       [this](uint64_t sid, std::string_view error) { on_refused(sid, error); });
   js_ = std::make_unique<NatsJetStream>(*link_, inbox_prefix_ + "js.");
   link_->subscribe(kInboxSid, inbox_prefix_ + "*", "");
-  link_->start(std::chrono::milliseconds(3000));
+  probe_timer_ = std::thread([this] { run_probe_timer(); });
+  if (link_->start(std::chrono::milliseconds(3000))) {
+    // Not ready before the first probe has had its window: a duplicate never becomes ready at all.
+    std::unique_lock lk(probe_mu_);
+    probe_cv_.wait_for(lk, std::chrono::seconds(2),
+                       [this] { return probe_.state() != NodeIdProbe::State::unknown && !probe_.probing(); });
+  }
 }
 
 NatsBus::~NatsBus() {
+  {
+    std::lock_guard lk(probe_mu_);
+    probe_stop_ = true;
+  }
+  probe_cv_.notify_all();
+  probe_timer_.join();
   js_->stop();
   link_.reset();
 }
 
-// Ready once connected and, when streams are configured, once JetStream has answered for them.
-bool NatsBus::healthy() const { return link_->connected() && js_->ready(); }
+// Ready once connected, when no other live node uses this node's id, and, when streams are
+// configured, once JetStream has answered for them.
+bool NatsBus::healthy() const {
+  if (!link_->connected() || !js_->ready()) return false;
+  std::lock_guard lk(probe_mu_);
+  return probe_.ready();
+}
+
+std::string NatsBus::not_ready_reason() const {
+  std::lock_guard lk(probe_mu_);
+  if (probe_.state() != NodeIdProbe::State::duplicate) return {};
+  return "another live node uses node_id " + node_id_ + " on the bus";
+}
+
+void NatsBus::publish_probe(const std::string& token) {
+  link_->publish(inbox_prefix_ + token, {}, {}, {}, true);
+}
+
+// Ends probe windows and repeats a duplicate's probe (node_probe.hpp).
+void NatsBus::run_probe_timer() {
+  std::unique_lock lk(probe_mu_);
+  while (!probe_stop_) {
+    const auto next = probe_.next_tick();
+    if (next == NodeIdProbe::Clock::time_point::max()) probe_cv_.wait(lk);
+    else probe_cv_.wait_until(lk, next);
+    if (probe_stop_) break;
+    const bool was_probing = probe_.probing();
+    const std::string probe = probe_.tick(NodeIdProbe::Clock::now(), link_->connected());
+    const bool recovered = probe_.take_recovered();
+    const bool changed = was_probing != probe_.probing() || !probe.empty();
+    lk.unlock();
+    if (recovered)
+      spdlog::info("no other live node uses node_id {} on the bus any more: becoming ready", node_id_);
+    if (!probe.empty()) publish_probe(probe);
+    if (changed) probe_cv_.notify_all();  // the constructor waits for the first window's end
+    lk.lock();
+  }
+}
+
+void NatsBus::on_probe_message(std::string_view token) {
+  NodeIdProbe::Reaction r;
+  bool log_conflict = false;
+  {
+    std::lock_guard lk(probe_mu_);
+    const auto now = NodeIdProbe::Clock::now();
+    r = probe_.on_inbox(token, now);
+    if (r.conflict && !r.lost && now - last_conflict_log_ >= kConflictLogEvery) {
+      log_conflict = true;
+      last_conflict_log_ = now;
+    }
+  }
+  if (!r.answer.empty()) publish_probe(r.answer);
+  if (r.lost) {
+    probe_cv_.notify_all();
+    spdlog::error("another live node uses node_id {} on the bus; refusing to become ready: give every node its own "
+                  "node_id",
+                  node_id_);
+  }
+  if (log_conflict)
+    spdlog::error("another node with node_id {} is on the bus{}: give every node its own node_id", node_id_,
+                  r.answer.empty() ? "" : " (it was told not to become ready)");
+}
+
 DurableBus* NatsBus::durable() { return js_.get(); }
 bool NatsBus::congested() const { return link_->congested(); }
 void NatsBus::when_drained(std::function<void()> fn) { link_->when_drained(std::move(fn)); }
@@ -200,9 +287,24 @@ BusStats NatsBus::stats() const {
 
 void NatsBus::on_link_event(std::string_view what) {
   // Requests in flight get no reply through a lost connection: they fail now, not at their timeout.
-  if (what == "disconnected")
+  if (what == "disconnected") {
+    {
+      std::lock_guard lk(probe_mu_);
+      probe_.on_disconnected();
+    }
     for (ReplyFn& f : requests_.take_all())
       if (f) f(Code::bus_unavailable, nullptr);
+  } else {
+    // Every (re)connection asks whether another live node has this id; the inbox subscription went
+    // to the server before this, so the answer reaches us.
+    std::string probe;
+    {
+      std::lock_guard lk(probe_mu_);
+      probe = probe_.on_connected(NodeIdProbe::Clock::now());
+    }
+    probe_cv_.notify_all();
+    publish_probe(probe);
+  }
   js_->on_link_event(what);
 }
 
@@ -357,9 +459,12 @@ proto::Code NatsBus::publish(BusMessagePtr msg, bool immediate) {
 }
 
 uint64_t NatsBus::request(std::shared_ptr<BusMessage> msg, ReplyFn fn) {
-  const uint64_t token = next_id_.fetch_add(1);
-  msg->set_reply_to(inbox_prefix_ + std::to_string(token));
-  requests_.add(token, std::move(fn));
+  const uint64_t token = requests_.add(std::move(fn));
+  std::string reply;
+  reply.reserve(inbox_prefix_.size() + kInboxTokenChars);
+  reply.append(inbox_prefix_);
+  append_inbox_token(reply, token);
+  msg->set_reply_to(std::move(reply));
   thread_local std::string headers;
   to_nats_headers(msg->headers, headers);
   if (const Code c = link_->publish(msg->subject, msg->reply_to, headers, msg->payload, true); c != Code::ok)
@@ -370,11 +475,10 @@ uint64_t NatsBus::request(std::shared_ptr<BusMessage> msg, ReplyFn fn) {
 void NatsBus::cancel_request(uint64_t token) { requests_.cancel(token); }
 
 void NatsBus::on_inbox(const NatsInbound& m) {
+  if (m.subject.size() <= inbox_prefix_.size()) return;
+  const std::string_view rest = m.subject.substr(inbox_prefix_.size());
   uint64_t token = 0;
-  if (m.subject.size() > inbox_prefix_.size()) {
-    const auto rest = m.subject.substr(inbox_prefix_.size());
-    std::from_chars(rest.data(), rest.data() + rest.size(), token);
-  }
+  if (!parse_inbox_token(rest, token)) return on_probe_message(rest);
   ReplyFn fn = requests_.take(token);
   if (!fn) return;  // late, duplicate or cancelled
   std::string_view status;
