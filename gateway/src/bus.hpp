@@ -50,6 +50,14 @@ uint64_t random_token();
 // A token in a subject: exactly 11 base-62 characters (0-9, A-Z, a-z), most significant first.
 constexpr size_t kInboxTokenChars = 11;
 void append_inbox_token(std::string& out, uint64_t token);
+// `prefix` (a node inbox prefix, `_INBOX.<node_id>.`) followed by the token.
+inline std::string inbox_subject(std::string_view prefix, uint64_t token) {
+  std::string s;
+  s.reserve(prefix.size() + kInboxTokenChars);
+  s.append(prefix);
+  append_inbox_token(s, token);
+  return s;
+}
 // The token written by append_inbox_token(); false for anything else (another length, another
 // character, a value above 64 bits).
 bool parse_inbox_token(std::string_view text, uint64_t& token);

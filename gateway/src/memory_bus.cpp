@@ -269,11 +269,7 @@ proto::Code MemoryBus::publish(BusMessagePtr msg, bool /*immediate: delivery is 
 
 uint64_t MemoryBus::request(std::shared_ptr<BusMessage> msg, ReplyFn fn) {
   const uint64_t token = requests_.add(std::move(fn));
-  std::string reply;
-  reply.reserve(inbox_prefix_.size() + kInboxTokenChars);
-  reply.append(inbox_prefix_);
-  append_inbox_token(reply, token);
-  msg->set_reply_to(std::move(reply));
+  msg->set_reply_to(inbox_subject(inbox_prefix_, token));
   if (deliver(msg) == 0)
     if (ReplyFn f = requests_.take(token)) f(proto::Code::no_responders, nullptr);
   return token;

@@ -460,11 +460,7 @@ proto::Code NatsBus::publish(BusMessagePtr msg, bool immediate) {
 
 uint64_t NatsBus::request(std::shared_ptr<BusMessage> msg, ReplyFn fn) {
   const uint64_t token = requests_.add(std::move(fn));
-  std::string reply;
-  reply.reserve(inbox_prefix_.size() + kInboxTokenChars);
-  reply.append(inbox_prefix_);
-  append_inbox_token(reply, token);
-  msg->set_reply_to(std::move(reply));
+  msg->set_reply_to(inbox_subject(inbox_prefix_, token));
   thread_local std::string headers;
   to_nats_headers(msg->headers, headers);
   if (const Code c = link_->publish(msg->subject, msg->reply_to, headers, msg->payload, true); c != Code::ok)
