@@ -380,9 +380,7 @@ void Session::recheck_subscriptions() {
     if (same && !st->is_durable) {
       // What the subscription sees depends on its mapping (stream imports), the namespace and the
       // deny list it filters with: any change ends it, and a new SUB gets the new rules.
-      const Mapping m = map_subscription(c, st->subject);
-      same = m.bus_subject == st->mapping.bus_subject && m.bus_prefix == st->mapping.bus_prefix &&
-             m.client_prefix == st->mapping.client_prefix && c.prefix == st->own_prefix &&
+      same = map_subscription(c, st->subject) == st->mapping && c.prefix == st->own_prefix &&
              rc.needs_filter == st->filter && (!rc.needs_filter || st->deny == c.permissions.subscribe.deny);
     }
     if (!same) ended.push_back(sid);

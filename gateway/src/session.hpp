@@ -85,6 +85,8 @@ class Session : public std::enable_shared_from_this<Session>, public LaneConsume
   void on_unsub(const proto::Unsub& u);
   // The checks every SUB passes (sid free, max_subscriptions, permissions); false once an ERR is sent.
   bool admit_sub(const proto::Sub& s, const TenantConfig& c, RuleCheck& rc);
+  // A subscription's state as the configuration `c` makes it (plain and durable alike).
+  std::shared_ptr<SubState> new_sub(const proto::Sub& s, const TenantConfig& c) const;
   // Durable consumption (session_durable.cpp, docs/protocol.md section 16).
   void on_durable_sub(const proto::Sub& s);
   void finish_durable_sub(const std::shared_ptr<SubState>& st, proto::Code code, const std::string& why,

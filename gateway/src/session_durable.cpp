@@ -168,12 +168,7 @@ void Session::on_durable_sub(const proto::Sub& s) {
   DurableBus* bus = server_.bus().durable();
   if (!bus) return send_err(Code::not_supported, "this bus has no durable consumption", 4, s.sid);
 
-  auto st = std::make_shared<SubState>();
-  st->sid = s.sid;
-  st->subject = s.subject;
-  st->queue = s.queue ? std::string(*s.queue) : std::string{};
-  st->mapping = map_subscription(c, s.subject);
-  st->own_prefix = c.prefix;
+  auto st = new_sub(s, c);
   st->is_durable = true;
   st->credit_mode = o.credit;
   {

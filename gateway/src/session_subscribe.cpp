@@ -22,12 +22,7 @@ void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
   const TenantConfig& c = cfg();
   RuleCheck rc;
   if (!admit_sub(s, c, rc)) return;
-  auto st = std::make_shared<SubState>();
-  st->sid = s.sid;
-  st->subject = s.subject;
-  st->queue = s.queue ? std::string(*s.queue) : std::string{};
-  st->mapping = map_subscription(c, s.subject);
-  st->own_prefix = c.prefix;
+  auto st = new_sub(s, c);
   st->filter = rc.needs_filter;
   if (st->filter) st->deny = c.permissions.subscribe.deny;
   std::weak_ptr<Session> weak = weak_from_this();
@@ -61,6 +56,16 @@ void Session::on_sub(const proto::Sub& s, const proto::DecodeResult& r) {
     subs_.emplace(s.sid, st);
   }
   sub_count_.store(subs_.size(), std::memory_order_relaxed);
+}
+
+std::shared_ptr<Session::SubState> Session::new_sub(const proto::Sub& s, const TenantConfig& c) const {
+  auto st = std::make_shared<SubState>();
+  st->sid = s.sid;
+  st->subject = s.subject;
+  st->queue = s.queue ? std::string(*s.queue) : std::string{};
+  st->mapping = map_subscription(c, s.subject);
+  st->own_prefix = c.prefix;
+  return st;
 }
 
 bool Session::admit_sub(const proto::Sub& s, const TenantConfig& c, RuleCheck& rc) {

@@ -36,6 +36,7 @@ struct Mapping {
   std::string bus_subject;
   std::string client_prefix;  // strip bus_prefix and prepend client_prefix to map a bus subject back
   std::string bus_prefix;
+  bool operator==(const Mapping&) const = default;
 };
 // PUB and REQ: service imports first, then the tenant namespace.
 Mapping map_outbound(const TenantConfig& t, std::string_view subject);
