@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import random
 import socket
 import subprocess
 import sys
@@ -17,10 +18,35 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "integratio
 from rawgw import Gateway, RawClient, clients, start_gateway  # noqa: E402,F401
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port for a server started later. It lies outside the kernel's ephemeral range, so
+    no outgoing connection (a route, a gateway's NATS link) can take it as its source port before
+    the server binds it, and this process never hands out the same port twice."""
+    lo, _ = _ephemeral_range()
+    low = 10000 if lo > 12000 else 1024
+    for _ in range(1000):
+        port = random.randrange(low, lo)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 class NatsServer:
@@ -52,12 +78,17 @@ class NatsServer:
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return
             except OSError:
                 time.sleep(0.02)
-        raise RuntimeError("nats-server did not start")
+        self.stop()
+        self.log.flush()
+        tail = (pathlib.Path(self.tmp.name) / "nats.log").read_text()[-1500:]
+        raise RuntimeError(f"nats-server did not start ({' '.join(args)}):\n{tail}")
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
