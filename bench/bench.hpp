@@ -7,14 +7,19 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <variant>
+#include <vector>
 
 #include "busgate/protocol/codec.hpp"
 #include "busgate/protocol/stream.hpp"
@@ -32,6 +37,7 @@ struct Options {
   double seconds = 3;
   double rate = 5000;
   int conns = 1000;
+  int threads = 2;  // scale: threads making the handshakes
   int server_pid = 0;
   std::string token = "dev-token";
   std::string subject = "bench.x";
@@ -73,38 +79,94 @@ inline void emit(const Options& o, const std::string& fields) {
   std::fflush(stdout);
 }
 
+// A connected TCP socket with TCP_NODELAY (and `rcvbuf`, `mss` when not 0), or an exception.
+inline int tcp_connect(const std::string& host, int port, size_t rcvbuf = 0, int mss = 0) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (rcvbuf) {
+    int v = static_cast<int>(rcvbuf);
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
+  }
+  if (mss) setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof mss);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, host.c_str(), &a.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    close(fd);
+    throw std::runtime_error("connect failed");
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+// A framed HELLO with token authentication.
+inline std::string hello_frame(const std::string& token) {
+  proto::Hello h;
+  h.versions = {1};
+  h.auth.type = proto::mp::Type::map;
+  proto::mp::Value m, t;
+  m.type = t.type = proto::mp::Type::str;
+  m.s = "token";
+  t.s = token;
+  h.auth.map.push_back({"method", m});
+  h.auth.map.push_back({"token", t});
+  std::string out;
+  proto::encode_framed(h, out);
+  return out;
+}
+
+// A process's resident set in KiB (-1 when unknown).
+inline long rss_kib(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.starts_with("VmRSS:")) return std::stol(line.substr(6));
+  return -1;
+}
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+// One subscriber's deliveries in a throughput run.
+struct Counter {
+  std::atomic<uint64_t> n{0};
+  std::atomic<int64_t> last_ns{0};
+};
+
+// Waits (at most 60 s) until the counters hold `want` deliveries together.
+inline void wait_delivered(const std::vector<Counter>& counters, uint64_t want) {
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  for (;;) {
+    uint64_t total = 0;
+    for (auto& c : counters) total += c.n.load();
+    if (total >= want || Clock::now() > deadline) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
+// Delivered messages per second from `start_ns` to the last delivery; `lost` = want − delivered.
+inline double delivered_rate(const std::vector<Counter>& counters, int64_t start_ns, uint64_t want, uint64_t* lost) {
+  uint64_t total = 0;
+  int64_t last = start_ns;
+  for (auto& c : counters) {
+    total += c.n.load();
+    last = std::max(last, c.last_ns.load());
+  }
+  if (lost) *lost = want - std::min(want, total);
+  const double elapsed = static_cast<double>(last - start_ns) / 1e9;
+  return elapsed > 0 ? static_cast<double>(total) / elapsed : 0;
+}
+
 // ------------------------------------------------------------------ busgate side (raw frames)
 
 class BgConn {
  public:
   // `mss`: the largest segment this end accepts (0: the route's; loopback's is about 64 KiB).
   BgConn(const std::string& host, int port, const std::string& token, size_t rcvbuf = 0, int mss = 0)
-      : parser_(1 << 20) {
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    if (rcvbuf) {
-      int v = static_cast<int>(rcvbuf);
-      setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
-    }
-    if (mss) setsockopt(fd_, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof mss);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(port));
-    inet_pton(AF_INET, host.c_str(), &a.sin_addr);
-    if (connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw std::runtime_error("connect failed");
-    int one = 1;
-    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    proto::Hello h;
-    h.versions = {1};
-    h.auth.type = proto::mp::Type::map;
-    proto::mp::Value m, t;
-    m.type = t.type = proto::mp::Type::str;
-    m.s = "token";
-    t.s = token;
-    h.auth.map.push_back({"method", m});
-    h.auth.map.push_back({"token", t});
-    std::string out;
-    proto::encode_framed(h, out);
-    send_all(out);
+      : fd_(tcp_connect(host, port, rcvbuf, mss)), parser_(1 << 20) {
+    send_all(hello_frame(token));
     proto::Frame f;
     if (!next(f) || !std::holds_alternative<proto::Welcome>(f)) throw std::runtime_error("no WELCOME");
     parser_.set_max_frame(1 << 21);
@@ -205,14 +267,30 @@ inline natsConnection* nats_connect(const std::string& url, bool asap) {
   return nc;
 }
 
-inline int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-}
-
 // Durable work queues (bench/durable_bench.cpp).
 void workload_stored(const Options& o);
 void workload_consume(const Options& o);
 // Cross-tenant isolation (bench/cross_bench.cpp).
 void workload_cross(const Options& o);
+
+// The raw NATS-protocol baseline (bench/raw_bench.cpp, target natsraw://HOST:PORT): runs the
+// workload and returns true, or false when it has no raw version.
+bool raw_workload(const Options& o);
+// Connection scale (bench/scale_bench.cpp).
+void workload_scale(const Options& o);
+
+class RawNats;
+// A NATS-side service through RawNats that answers every request on `subject` with its payload.
+class RawResponder {
+ public:
+  RawResponder(const std::string& url, const std::string& subject);
+  ~RawResponder();
+  RawResponder(const RawResponder&) = delete;
+  RawResponder& operator=(const RawResponder&) = delete;
+
+ private:
+  std::unique_ptr<RawNats> conn_;
+  std::thread th_;
+};
 
 }  // namespace busgate::bench

@@ -1,9 +1,10 @@
 // busgate-bench: load generator for a busgate gateway (busgate://HOST:PORT, raw frames over TCP) and,
-// for comparison, a NATS server directly (nats://HOST:PORT, through cnats). Each run prints one JSON
+// for comparison, a NATS server directly (nats://HOST:PORT through cnats, natsraw://HOST:PORT through
+// the raw client of raw_nats.hpp). Each run prints one JSON
 // object per line. bench/run.py runs both sides in one go and computes the ratios.
 //
 //   busgate-bench --target URL --workload NAME [--size B] [--count N] [--subs N] [--seconds S] ...
-//   workloads: pub, pubsub, fanout, reqrep, openloop, idle, isolation, stored, consume, cross
+//   workloads: pub, pubsub, fanout, reqrep, openloop, idle, isolation, stored, consume, cross, scale
 //   (stored and consume, the durable work queues, are in durable_bench.cpp; cross, the cross-tenant
 //   isolation, in cross_bench.cpp)
 #include <algorithm>
@@ -19,45 +20,12 @@
 #include <vector>
 
 #include "bench.hpp"
+#include "histogram.hpp"
 
 using namespace busgate;
 using namespace busgate::bench;
 
 namespace {
-
-// Log-linear latency histogram (HDR-style: ~1% relative precision from 1 µs to ~100 s).
-class Histogram {
- public:
-  void record(double us) {
-    if (us < 1) us = 1;
-    const int b = static_cast<int>(std::log(us) / std::log(1.01));
-    counts_[std::min(b, kBuckets - 1)]++;
-    n_++;
-    max_ = std::max(max_, us);
-  }
-  double percentile(double p) const {
-    if (!n_) return 0;
-    const uint64_t want = static_cast<uint64_t>(std::ceil(p / 100.0 * static_cast<double>(n_)));
-    uint64_t seen = 0;
-    for (int b = 0; b < kBuckets; ++b) {
-      seen += counts_[b];
-      if (seen >= want) return std::pow(1.01, b + 0.5);
-    }
-    return max_;
-  }
-  uint64_t count() const { return n_; }
-  void merge(const Histogram& o) {
-    for (int b = 0; b < kBuckets; ++b) counts_[b] += o.counts_[b];
-    n_ += o.n_;
-    max_ = std::max(max_, o.max_);
-  }
-
- private:
-  static constexpr int kBuckets = 1900;
-  std::vector<uint64_t> counts_ = std::vector<uint64_t>(kBuckets);
-  uint64_t n_ = 0;
-  double max_ = 0;
-};
 
 // Publishes `count` messages in batches (many frames per send, like a real client's writer).
 void bg_publish(BgConn& c, const std::string& subject, size_t size, uint64_t count) {
@@ -72,11 +40,6 @@ void bg_publish(BgConn& c, const std::string& subject, size_t size, uint64_t cou
 }
 
 // ------------------------------------------------------------------ workloads
-
-struct Counter {
-  std::atomic<uint64_t> n{0};
-  std::atomic<int64_t> last_ns{0};
-};
 
 // 1 publisher → `subs` subscribers; returns delivered msgs/s (all subscribers together).
 double run_delivery(const Options& o, int subs, uint64_t count, bool stalled_extra, uint64_t* lost_out) {
@@ -122,13 +85,7 @@ double run_delivery(const Options& o, int subs, uint64_t count, bool stalled_ext
     for (uint64_t i = 0; i < count; ++i)
       natsConnection_Publish(pub, o.subject.c_str(), payload.data(), static_cast<int>(payload.size()));
     natsConnection_Flush(pub);
-    const auto deadline = Clock::now() + std::chrono::seconds(60);
-    for (;;) {
-      uint64_t total = 0;
-      for (auto& c : counters) total += c.n.load();
-      if (total >= want || Clock::now() > deadline) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
+    wait_delivered(counters, want);
     for (auto* s : ss) natsSubscription_Destroy(s);
     for (auto* nc : ncs) natsConnection_Destroy(nc);
     if (stalled_sub) natsSubscription_Destroy(stalled_sub);
@@ -164,25 +121,11 @@ double run_delivery(const Options& o, int subs, uint64_t count, bool stalled_ext
     start = now_ns();
     bg_publish(*pub, o.subject, o.size, count);
     pub->flush();
-    const auto deadline = Clock::now() + std::chrono::seconds(60);
-    for (;;) {
-      uint64_t total = 0;
-      for (auto& c : counters) total += c.n.load();
-      if (total >= want || Clock::now() > deadline) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
+    wait_delivered(counters, want);
     for (auto& c : conns) shutdown(c->fd(), SHUT_RDWR);
     for (auto& t : readers) t.join();
   }
-  uint64_t total = 0;
-  int64_t last = start;
-  for (auto& c : counters) {
-    total += c.n.load();
-    last = std::max(last, c.last_ns.load());
-  }
-  if (lost_out) *lost_out = want - std::min(want, total);
-  const double elapsed = static_cast<double>(last - start) / 1e9;
-  return elapsed > 0 ? static_cast<double>(total) / elapsed : 0;
+  return delivered_rate(counters, start, want, lost_out);
 }
 
 void workload_pub(const Options& o) {
@@ -220,14 +163,6 @@ void workload_isolation(const Options& o) {
               ",\"lost\":" + std::to_string(lost_a + lost_b));
 }
 
-std::string latency_fields(const Histogram& h, double elapsed) {
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "\"requests\":%llu,\"per_sec\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f",
-                static_cast<unsigned long long>(h.count()), static_cast<double>(h.count()) / elapsed, h.percentile(50),
-                h.percentile(90), h.percentile(99), h.percentile(99.9));
-  return buf;
-}
-
 // A responder that answers every request with its payload.
 struct Responder {
   std::thread th;
@@ -235,10 +170,13 @@ struct Responder {
   natsConnection* nc = nullptr;
   natsSubscription* sub = nullptr;
   std::unique_ptr<BgConn> bg;
+  std::unique_ptr<RawResponder> raw;
 
   explicit Responder(const Options& o) {
     const std::string where = o.responder.empty() ? o.target : o.responder;
-    if (where.starts_with("nats://")) {
+    if (where.starts_with("natsraw://")) {
+      raw = std::make_unique<RawResponder>(where, o.target.starts_with("busgate://") ? "t.demo.bench.svc" : "bench.svc");
+    } else if (where.starts_with("nats://")) {
       nc = nats_connect(where, true);
       // a NATS-side service: for a busgate target it answers on the tenant's bus subject
       const std::string subject = o.target.starts_with("nats://") ? "bench.svc" : "t.demo.bench.svc";
@@ -394,14 +332,6 @@ void workload_openloop(const Options& o) {
   emit(o, "\"rate\":" + std::to_string(o.rate) + "," + latency_fields(h, o.seconds));
 }
 
-long rss_kib(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.starts_with("VmRSS:")) return std::stol(line.substr(6));
-  return -1;
-}
-
 void workload_idle(const Options& o) {
   if (!o.server_pid) throw std::runtime_error("idle needs --server-pid");
   std::string host;
@@ -461,6 +391,7 @@ int main(int argc, char** argv) {
     else if (a == "--seconds") o.seconds = std::stod(val());
     else if (a == "--rate") o.rate = std::stod(val());
     else if (a == "--conns") o.conns = std::stoi(val());
+    else if (a == "--threads") o.threads = std::stoi(val());
     else if (a == "--server-pid") o.server_pid = std::stoi(val());
     else if (a == "--token") o.token = val();
     else if (a == "--responder") o.responder = val();
@@ -482,10 +413,11 @@ int main(int argc, char** argv) {
       o.subject_given = true;
     }
     else if (a == "--help") {
-      std::puts("busgate-bench --target busgate://H:P|nats://H:P\n"
-                "  --workload pub|pubsub|fanout|reqrep|openloop|idle|isolation|stored|consume|cross\n"
+      std::puts("busgate-bench --target busgate://H:P|nats://H:P (cnats)|natsraw://H:P (raw NATS protocol)\n"
+                "  --workload pub|pubsub|fanout|reqrep|openloop|idle|isolation|stored|consume|cross|scale\n"
                 "  [--size B] [--count N] [--subs N] [--seconds S] [--rate R] [--conns N] [--server-pid PID] [--token T]\n"
-                "  [--responder nats://H:P|busgate://H:P]  (reqrep/openloop: where the responder runs)\n"
+                "  [--threads N]  (scale: handshaking threads)\n"
+                "  [--responder nats://H:P|natsraw://H:P|busgate://H:P]  (reqrep/openloop: where the responder runs)\n"
                 "  [--subject S] [--window W] [--prefill N] [--stream NAME] [--durable NAME]\n"
                 "  [--direct-mode async|inbox]  (stored/consume)\n"
                 "  [--token-b T] [--metrics http://H:P] [--drain S] [--b-modes stalled,slow,healthy] [--b-read-rate MSGS]\n"
@@ -501,7 +433,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    if (o.workload == "pub") workload_pub(o);
+    if (o.target.starts_with("natsraw://")) {
+      if (!raw_workload(o)) throw std::runtime_error("workload " + o.workload + " has no natsraw:// version");
+    } else if (o.workload == "pub") workload_pub(o);
     else if (o.workload == "pubsub") workload_delivery(o, 1);
     else if (o.workload == "fanout") workload_delivery(o, o.subs);
     else if (o.workload == "reqrep") workload_reqrep(o);
@@ -511,6 +445,7 @@ int main(int argc, char** argv) {
     else if (o.workload == "stored") workload_stored(o);
     else if (o.workload == "consume") workload_consume(o);
     else if (o.workload == "cross") workload_cross(o);
+    else if (o.workload == "scale") workload_scale(o);
     else throw std::runtime_error("unknown workload " + o.workload);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "busgate-bench: %s\n", e.what());
