@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "accept_backoff.hpp"
 #include "console_page.hpp"
 #include "server.hpp"
 #include "session.hpp"
@@ -196,6 +197,11 @@ std::string render_metrics(Server& server) {
   o << "# HELP busgate_bus_congestion_pauses_total Times a publishing connection paused for a congested bus.\n"
        "# TYPE busgate_bus_congestion_pauses_total counter\nbusgate_bus_congestion_pauses_total "
     << m.bus_congestion_pauses.load() << "\n";
+  o << "# HELP busgate_accept_errors_total Failed accepts by listener and reason (descriptors, memory: it paused).\n"
+       "# TYPE busgate_accept_errors_total counter\n";
+  for (const auto& c : accept_error_counts())
+    o << "busgate_accept_errors_total{listener=\"" << c.listener << "\",reason=\"" << c.reason << "\"} " << c.count
+      << "\n";
   o << "# HELP busgate_draining 1 while the node drains.\n# TYPE busgate_draining gauge\nbusgate_draining "
     << (server.draining() ? 1 : 0) << "\n";
   return o.str();
@@ -428,6 +434,7 @@ struct HttpServer::Impl {
   Server& server;
   asio::io_context& ctx;
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
+  std::vector<std::unique_ptr<AcceptLoop>> loops;  // after the acceptors: destroyed first
 
   tcp::acceptor& listen(const Endpoint& ep, const char* what) {
     tcp::endpoint endpoint(asio::ip::make_address(ep.host), ep.port);
@@ -442,21 +449,15 @@ struct HttpServer::Impl {
     return *acceptors.back();
   }
 
-  void accept(tcp::acceptor& acc, asio::ssl::context* tls) {
-    acc.async_accept(server.next_context(), [this, &acc, tls](beast::error_code ec, tcp::socket sock) {
-      if (ec == asio::error::operation_aborted || !acc.is_open()) return;
-      if (!ec) {
-        auto ex = sock.get_executor();
-        if (tls) {
-          auto s = std::make_shared<HttpSession<beast::ssl_stream<beast::tcp_stream>>>(server, std::move(sock), *tls);
-          asio::post(ex, [s] { s->start(); });
-        } else {
-          auto s = std::make_shared<HttpSession<beast::tcp_stream>>(server, std::move(sock));
-          asio::post(ex, [s] { s->start(); });
-        }
-      }
-      accept(acc, tls);
-    });
+  void accept(tcp::acceptor& acc, const char* what, asio::ssl::context* tls) {
+    loops.push_back(std::make_unique<AcceptLoop>(
+        acc, what, [this]() -> asio::io_context& { return server.next_context(); },
+        [this, tls](tcp::socket sock) {
+          using Tls = beast::ssl_stream<beast::tcp_stream>;
+          if (tls) std::make_shared<HttpSession<Tls>>(server, std::move(sock), *tls)->start();
+          else std::make_shared<HttpSession<beast::tcp_stream>>(server, std::move(sock))->start();
+        }));
+    loops.back()->start();
   }
 };
 
@@ -465,17 +466,16 @@ HttpServer::HttpServer(Server& server, asio::io_context& ctx) : impl_(std::make_
 }
 HttpServer::~HttpServer() = default;
 
-void HttpServer::start(const Endpoint& ep) { impl_->accept(impl_->listen(ep, "http"), nullptr); }
+void HttpServer::start(const Endpoint& ep) { impl_->accept(impl_->listen(ep, "http"), "http", nullptr); }
 
 void HttpServer::start_tls(const Endpoint& ep, asio::ssl::context& tls) {
-  impl_->accept(impl_->listen(ep, "https"), &tls);
+  impl_->accept(impl_->listen(ep, "https"), "https", &tls);
 }
 
 void HttpServer::stop_accepting() {}  // health, readiness and metrics stay reachable while draining
 
 void HttpServer::stop() {
-  beast::error_code ec;
-  for (auto& a : impl_->acceptors) a->close(ec);
+  for (auto& l : impl_->loops) l->close();
 }
 
 }  // namespace busgate::gw

@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "accept_backoff.hpp"
 #include "config.hpp"
 #include "logging.hpp"
 #include "server.hpp"
@@ -51,6 +52,9 @@ int main(int argc, char** argv) {
     }
   }
 
+  // Before any socket is open: one descriptor per connection (docs/operations.md, "File descriptors").
+  const DescriptorLimit descriptors = raise_descriptor_limit();
+
   GatewayConfig cfg;
   try {
     cfg = config_path.empty() ? dev_config() : load_config_file(config_path);
@@ -76,6 +80,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   setup_logging(cfg.log_format, cfg.log_level);
+  if (descriptors.failed) spdlog::warn("{}", descriptors.line);
+  else spdlog::info("{}", descriptors.line);
   (void)dev;
   try {
     if (config_path.empty())

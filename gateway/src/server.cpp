@@ -9,6 +9,7 @@
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include "accept_backoff.hpp"
 #include "http_server.hpp"
 #include "durable.hpp"
 #include "memory_bus.hpp"
@@ -31,6 +32,8 @@ struct Server::Impl {
   explicit Impl(asio::io_context& ctx) : signals(ctx), drain_timer(ctx) {}
   std::unique_ptr<tcp::acceptor> tcp_acceptor;
   std::unique_ptr<tcp::acceptor> tls_acceptor;
+  std::unique_ptr<AcceptLoop> tcp_loop;  // after its acceptor: destroyed first
+  std::unique_ptr<AcceptLoop> tls_loop;
   std::unique_ptr<asio::ssl::context> tls;  // outlives the contexts: TLS streams in them refer to it
   asio::signal_set signals;
   asio::steady_timer drain_timer;
@@ -103,21 +106,6 @@ static std::unique_ptr<tcp::acceptor> listen_on(asio::io_context& ctx, const End
   return acc;
 }
 
-// Accepts forever on `acc`; each socket goes to the next io_context and `start` runs there.
-template <class Start>
-static void accept_loop(Server* self, tcp::acceptor* acc, Start start) {
-  acc->async_accept(self->next_context(), [self, acc, start](const boost::system::error_code& ec, tcp::socket sock) {
-    if (ec == asio::error::operation_aborted || !acc->is_open()) return;
-    if (!ec) {
-      auto ex = sock.get_executor();
-      asio::post(ex, [start, s = std::make_shared<tcp::socket>(std::move(sock))]() mutable { start(std::move(*s)); });
-    } else {
-      spdlog::warn("accept failed: {}", ec.message());
-    }
-    accept_loop(self, acc, start);
-  });
-}
-
 void Server::start_tcp() {
   auto& ctx = *contexts_[0];
   if (cfg_.tcp) {
@@ -125,13 +113,18 @@ void Server::start_tcp() {
     if (config_path_.empty())
       spdlog::info("connect with: busgate://{}:{} and HELLO auth {{\"method\": \"token\", \"token\": \"{}\"}}",
                    cfg_.tcp->host, impl_->tcp_acceptor->local_endpoint().port(), kDevToken);
-    accept_loop(this, impl_->tcp_acceptor.get(), [this](tcp::socket s) { start_tcp_connection(*this, std::move(s)); });
+    impl_->tcp_loop = std::make_unique<AcceptLoop>(
+        *impl_->tcp_acceptor, "tcp", [this]() -> asio::io_context& { return next_context(); },
+        [this](tcp::socket s) { start_tcp_connection(*this, std::move(s)); });
+    impl_->tcp_loop->start();
   }
   if (cfg_.tls_files.enabled()) impl_->tls = make_server_tls_context(cfg_.tls_files);
   if (cfg_.tls) {
     impl_->tls_acceptor = listen_on(ctx, *cfg_.tls, "tls");
-    accept_loop(this, impl_->tls_acceptor.get(),
-                [this](tcp::socket s) { start_tls_connection(*this, std::move(s), *impl_->tls); });
+    impl_->tls_loop = std::make_unique<AcceptLoop>(
+        *impl_->tls_acceptor, "tls", [this]() -> asio::io_context& { return next_context(); },
+        [this](tcp::socket s) { start_tls_connection(*this, std::move(s), *impl_->tls); });
+    impl_->tls_loop->start();
   }
 }
 
@@ -253,9 +246,8 @@ std::string Server::reload() {
 void Server::begin_drain() {
   asio::post(*contexts_[0], [this] {
     if (draining_.exchange(true)) return;
-    boost::system::error_code ec;
-    if (impl_->tcp_acceptor) impl_->tcp_acceptor->close(ec);
-    if (impl_->tls_acceptor) impl_->tls_acceptor->close(ec);
+    if (impl_->tcp_loop) impl_->tcp_loop->close();
+    if (impl_->tls_loop) impl_->tls_loop->close();
     if (http_) http_->stop_accepting();
     drain_deadline_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.drain_timeout_ms);
     const auto all = sessions();
