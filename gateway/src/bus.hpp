@@ -135,6 +135,12 @@ class Bus {
   // ok, or bus_unavailable when the message was not accepted. `immediate`: write it to the bus now
   // rather than with the next batch (a PUB whose sender waits for an OK).
   virtual proto::Code publish(BusMessagePtr msg, bool immediate) = 0;
+  // publish() of a message given in parts, for a bus that need not keep it: one that only writes it
+  // out (NATS) copies it straight into its write buffer instead of building a BusMessage.
+  virtual proto::Code publish_copy(std::string_view subject, std::string_view reply_to, std::string_view headers,
+                                   std::string_view payload, bool immediate) {
+    return publish(std::make_shared<const BusMessage>(subject, reply_to, headers, payload), immediate);
+  }
   // Sends msg with a reply subject in this node's inbox and calls fn once with the first reply
   // (status ok), or no_responders / bus_unavailable. Timeouts are the caller's: cancel_request()
   // then guarantees fn is not called later. Returns a token for cancel_request.

@@ -16,6 +16,8 @@ namespace busgate::gw {
 using proto::Code;
 using namespace std::literals;
 
+static std::atomic<uint64_t> g_headers_dropped{0};  // headers from the bus that broke the spec's rules
+
 namespace {
 
 constexpr uint64_t kInboxSid = 1;
@@ -46,11 +48,34 @@ std::string_view trim(std::string_view s) {
 }
 
 BusMessagePtr to_bus_message(const NatsInbound& m, std::string_view* status = nullptr) {
-  thread_local std::string headers;
-  // A stored publish's idempotency key is the gateway's, not the publisher's header.
-  const std::string_view st = from_nats_headers(m.headers, headers, false, true);
-  if (status) *status = st;
-  return std::make_shared<const BusMessage>(m.subject, m.reply, headers, m.payload);
+  // The messages of one publisher mostly carry the same header block (busgate-tenant): a block
+  // equal to the previous one on this thread is not converted again. A block that had headers
+  // dropped is converted (and counted) every time.
+  struct Converted {
+    std::string block, headers, status;
+    bool valid = false;
+  };
+  thread_local Converted c;
+  if (!c.valid || m.headers != c.block) {
+    const uint64_t dropped = g_headers_dropped.load(std::memory_order_relaxed);
+    // A stored publish's idempotency key is the gateway's, not the publisher's header.
+    c.status.assign(from_nats_headers(m.headers, c.headers, false, true));
+    c.block.assign(m.headers);
+    c.valid = g_headers_dropped.load(std::memory_order_relaxed) == dropped;
+  }
+  if (status) *status = c.status;
+  return std::make_shared<const BusMessage>(m.subject, m.reply, c.headers, m.payload);
+}
+
+// The NATS header block for a message's packed headers. Consecutive messages of one publisher carry
+// the same packed headers: the block is built once for them.
+const std::string& nats_headers_of(std::string_view packed) {
+  thread_local std::string last_packed, block;
+  if (packed != last_packed) {
+    to_nats_headers(packed, block);
+    last_packed.assign(packed);
+  }
+  return block;
 }
 
 // A one-shot signal a thread can wait on with a deadline.
@@ -90,8 +115,6 @@ void to_nats_headers(std::string_view packed, std::string& out) {
   }
   out.append("\r\n"sv);
 }
-
-static std::atomic<uint64_t> g_headers_dropped{0};  // headers from the bus that broke the spec's rules
 
 std::string_view from_nats_headers(std::string_view block, std::string& out, bool drop_nats, bool drop_msg_id) {
   out.clear();
@@ -450,20 +473,22 @@ void NatsBus::on_message(const NatsInbound& m) {
 }
 
 proto::Code NatsBus::publish(BusMessagePtr msg, bool immediate) {
-  thread_local std::string headers;
-  to_nats_headers(msg->headers, headers);
+  return publish_copy(msg->subject, msg->reply_to, msg->headers, msg->payload, immediate);
+}
+
+proto::Code NatsBus::publish_copy(std::string_view subject, std::string_view reply_to, std::string_view headers,
+                                  std::string_view payload, bool immediate) {
   // Replies (to request inboxes) and acknowledged PUBs are waited on: written at once when the link
   // is idle. The rest is batched.
-  const bool now = immediate || msg->subject.starts_with("_INBOX.");
-  return link_->publish(msg->subject, msg->reply_to, headers, msg->payload, now);
+  const bool now = immediate || subject.starts_with("_INBOX.");
+  return link_->publish(subject, reply_to, nats_headers_of(headers), payload, now);
 }
 
 uint64_t NatsBus::request(std::shared_ptr<BusMessage> msg, ReplyFn fn) {
   const uint64_t token = requests_.add(std::move(fn));
   msg->set_reply_to(inbox_subject(inbox_prefix_, token));
-  thread_local std::string headers;
-  to_nats_headers(msg->headers, headers);
-  if (const Code c = link_->publish(msg->subject, msg->reply_to, headers, msg->payload, true); c != Code::ok)
+  if (const Code c = link_->publish(msg->subject, msg->reply_to, nats_headers_of(msg->headers), msg->payload, true);
+      c != Code::ok)
     if (ReplyFn f = requests_.take(token)) f(c, nullptr);
   return token;
 }

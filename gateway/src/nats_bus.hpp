@@ -46,6 +46,8 @@ class NatsBus final : public Bus {
   uint64_t subscribe_async(const std::string& subject, const std::string& queue, DeliverFn fn, CodeFn done) override;
   void unsubscribe(uint64_t id) override;
   proto::Code publish(BusMessagePtr msg, bool immediate) override;
+  proto::Code publish_copy(std::string_view subject, std::string_view reply_to, std::string_view headers,
+                           std::string_view payload, bool immediate) override;
   uint64_t request(std::shared_ptr<BusMessage> msg, ReplyFn fn) override;
   void cancel_request(uint64_t token) override;
   // One PING/PONG shared by the calls made before the link's next write batch (NatsLink::ping).

@@ -57,11 +57,16 @@ void Session::on_pub(const proto::Pub& p, const proto::DecodeResult& r) {
   reply.clear();
   if (p.reply_to && !stored) reply.assign(c.prefix).append(*p.reply_to);
   encode_headers_with_tenant(p.headers, headers);
-  auto msg = std::make_shared<const BusMessage>(subject, reply, headers, p.payload);
   tenant_->msgs_in.fetch_add(1, std::memory_order_relaxed);
   tenant_->bytes_in.fetch_add(p.payload.size(), std::memory_order_relaxed);
-  if (stored && (ref || p.msg_id) && publish_stored(p, msg)) return;
-  const Code rc = server_.bus().publish(std::move(msg), ref != 0);
+  Code rc;
+  if (stored && (ref || p.msg_id)) {
+    auto msg = std::make_shared<const BusMessage>(subject, reply, headers, p.payload);
+    if (publish_stored(p, msg)) return;
+    rc = server_.bus().publish(std::move(msg), ref != 0);
+  } else {
+    rc = server_.bus().publish_copy(subject, reply, headers, p.payload, ref != 0);
+  }
   if (rc != Code::ok) return send_err(rc, "the bus did not accept the message", 3, ref);
   if (ref) confirm_pub(ref);
 }
