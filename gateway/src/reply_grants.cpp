@@ -1,6 +1,7 @@
 #include "reply_grants.hpp"
 
 #include "busgate/protocol/msgpack.hpp"
+#include "bus.hpp"
 
 namespace busgate::gw {
 
@@ -28,9 +29,11 @@ bool is_plain_inbox(std::string_view reply) {
 }  // namespace
 
 std::string ReplyGrants::alias() {
-  static constexpr char kAlphabet[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  // 22 base-62 characters from two 64-bit draws of the CSPRNG (the request inboxes' source): an
+  // alias seen by a client tells nothing about the next one.
   std::string s = "_INBOX.~";
-  for (int i = 0; i < 22; ++i) s.push_back(kAlphabet[rng_() % 62]);
+  append_inbox_token(s, random_token());
+  append_inbox_token(s, random_token());
   return s;
 }
 

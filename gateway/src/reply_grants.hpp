@@ -12,7 +12,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
-#include <random>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -46,7 +45,6 @@ class ReplyGrants {
   size_t max_origins_;
   std::unordered_map<std::string, Grant> grants_;  // visible reply subject → bus subject
   std::unordered_map<std::string, Origin> origins_;
-  std::mt19937_64 rng_{std::random_device{}()};
 };
 
 // The value of header `key` in a msgpack-encoded headers map ("" when absent or unreadable).
