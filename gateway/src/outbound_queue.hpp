@@ -38,6 +38,16 @@ class OutboundQueue {
   // The slice is written. True when the queue is empty now (the warning may be sent again).
   bool written();
   bool writing() const { return writing_; }
+  // Everything queued when the writer is idle (no slice being written, no batch left over), for a
+  // write outside the writer; empty otherwise. Then wrote_direct() with how much of it went out.
+  std::string_view idle_bytes() const {
+    return writing_ || write_off_ < write_.size() ? std::string_view{} : std::string_view(out_);
+  }
+  void wrote_direct(size_t n) {
+    out_.erase(0, n);
+    ++writes_done_;
+    if (out_.empty()) warned_ = false;
+  }
   uint64_t writes_done() const { return writes_done_; }
   // Frees everything queued (the connection closed).
   void clear();

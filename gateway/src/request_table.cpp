@@ -7,7 +7,13 @@ RequestTable::Entry& RequestTable::add(uint32_t req_id, Clock::time_point now, u
   e.started = now;
   e.deadline = now + std::chrono::milliseconds(timeout_ms);
   e.timeout_ms = timeout_ms;
+  e.claim = std::make_shared<std::atomic<int>>(Entry::kPending);
   return e;
+}
+
+const RequestTable::Entry* RequestTable::find(uint32_t req_id) const {
+  auto it = entries_.find(req_id);
+  return it == entries_.end() ? nullptr : &it->second;
 }
 
 const RequestTable::Entry* RequestTable::find(uint32_t req_id, uint64_t token) const {

@@ -252,7 +252,10 @@ void Session::close_transport() {
 void Session::on_closed(std::string reason) {
   if (state_.exchange(State::closed) == State::closed) return;
   fd_.store(-1, std::memory_order_relaxed);
-  transport_ = nullptr;
+  {
+    std::lock_guard lk(out_mu_);  // write_through_locked() on other threads reads it under the lock
+    transport_ = nullptr;
+  }
   if (close_reason_.empty()) close_reason_ = std::move(reason);
   cleanup();
   server_.metrics().connections_closed.fetch_add(1, std::memory_order_relaxed);
@@ -284,8 +287,9 @@ void Session::cleanup() {
   request_timer_.cancel();
   for (const auto& [req_id, inf] : inflight_.take_all()) {
     server_.bus().cancel_request(inf.token);
-    request_done();
+    if (inf.claim_here()) request_done();  // else the reply gave its slot back
   }
+  inflight_count_.store(0, std::memory_order_relaxed);
   if (counted_connection_) {
     tenant_->release_connection();
     counted_connection_ = false;
@@ -351,6 +355,7 @@ void Session::finish_drain() {
   // docs/protocol.md section 14: RES SHUTTING_DOWN for every REQ still in flight, then a fatal ERR.
   for (const auto& [req_id, inf] : inflight_.take_all()) {
     server_.bus().cancel_request(inf.token);
+    if (!inf.claim_here()) continue;  // answered from the bus's thread just now
     send_res(req_id, Code::shutting_down, "the gateway is shutting down; send the request again elsewhere");
     request_done();
   }

@@ -101,7 +101,10 @@ class Session : public std::enable_shared_from_this<Session>, public LaneConsume
   void finish_sub(const std::shared_ptr<SubState>& st, proto::Code code);
   void on_req(const proto::Req& q, const proto::DecodeResult& r);
   void on_bus_reply(uint32_t req_id, uint64_t token, proto::Code status, const BusMessagePtr& reply);
-  void finish_request(uint32_t req_id);
+  bool answer_now(uint32_t req_id, std::atomic<int>& claim, std::chrono::steady_clock::time_point started,
+                  const BusMessage& reply);
+  void finish_answered(uint32_t req_id, uint64_t token);
+  void end_request(uint32_t req_id, bool replied);  // erases a request; gives back its slot unless replied
   void request_done();  // a request left the table: counters and the tenant's in-flight limit
   void arm_request_timer(std::chrono::steady_clock::time_point deadline);
   void on_request_timer();
@@ -137,6 +140,7 @@ class Session : public std::enable_shared_from_this<Session>, public LaneConsume
   void resume_paced();             // publisher side: the tenant's lane is idle again
   bool peer_acked_more_locked();   // the peer acknowledged bytes since the last look
   void schedule_flush_locked();
+  bool write_through_locked();
   void flush();
   void on_write(bool ok);
   void fatal(proto::Code code, std::string_view message, uint64_t ref_op = 0);

@@ -231,6 +231,21 @@ void Session::schedule_flush_locked() {
   asio::post(ex_, [self = shared_from_this()] { self->flush(); });
 }
 
+// A request delivered from another thread (the bus link's, another connection's) is written from
+// that thread when this connection writes nothing else, so that the responder gets it without
+// waiting for this connection's thread to wake: one thread hand-off less per request. True when
+// everything queued went out; else the rest takes the usual way (schedule_flush_locked).
+bool Session::write_through_locked() {
+  if (!transport_ || flush_posted_ || closing_) return false;
+  const std::string_view bytes = out_.idle_bytes();
+  if (bytes.empty()) return false;
+  const long n = transport_->write_now(bytes);
+  if (n <= 0) return false;
+  out_.wrote_direct(static_cast<size_t>(n));
+  budget_.report(out_.pending());
+  return out_.pending() == 0;
+}
+
 void Session::flush() {
   std::unique_lock lk(out_mu_);
   flush_posted_ = false;

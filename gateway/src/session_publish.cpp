@@ -106,8 +106,13 @@ void Session::answer_pub(uint64_t ref, Code c) {
 void Session::on_req(const proto::Req& q, const proto::DecodeResult& r) {
   msgs_in_.fetch_add(1, std::memory_order_relaxed);
   if (r.code != Code::ok) return send_res(q.req_id, r.code, r.detail);
-  if (inflight_.contains(q.req_id))
-    return send_res(q.req_id, Code::duplicate_request_id, "req_id " + std::to_string(q.req_id) + " is in flight");
+  if (const auto* inf = inflight_.find(q.req_id)) {
+    // A request answered from the bus's thread whose bookkeeping has not run yet is over for the
+    // client (it may have its RES already): its req_id is free again.
+    if (!inf->replied())
+      return send_res(q.req_id, Code::duplicate_request_id, "req_id " + std::to_string(q.req_id) + " is in flight");
+    end_request(q.req_id, true);
+  }
   if (q.payload.size() > max_payload_)
     return send_res(q.req_id, Code::payload_too_large,
                     "payload of " + std::to_string(q.payload.size()) + " bytes is above max_payload");
@@ -138,13 +143,23 @@ void Session::on_req(const proto::Req& q, const proto::DecodeResult& r) {
   inflight_count_.store(inflight_.size(), std::memory_order_relaxed);
   const uint32_t req_id = q.req_id;
   std::weak_ptr<Session> weak = weak_from_this();
-  // The token is filled in below; the reply callback always runs later, on this executor.
+  // The token is filled in below; it is read only on this executor, after this function returns.
   auto token_holder = std::make_shared<uint64_t>(0);
-  inf.token = server_.bus().request(msg, [weak, req_id, token_holder, ex = ex_](Code st, const BusMessagePtr& m) {
-    asio::post(ex, [weak, req_id, token_holder, st, m] {
-      if (auto self = weak.lock()) self->on_bus_reply(req_id, *token_holder, st, m);
-    });
-  });
+  inf.token = server_.bus().request(
+      msg, [weak, req_id, token_holder, claim = inf.claim, started = now, ex = ex_](Code st, const BusMessagePtr& m) {
+        auto self = weak.lock();
+        if (!self) return;
+        // A reply is written from the thread it arrived on; the bookkeeping follows on the executor.
+        if (st == Code::ok && m && self->answer_now(req_id, *claim, started, *m)) {
+          asio::post(ex, [weak, req_id, token_holder] {
+            if (auto s = weak.lock()) s->finish_answered(req_id, *token_holder);
+          });
+          return;
+        }
+        asio::post(ex, [weak, req_id, token_holder, st, m] {
+          if (auto s = weak.lock()) s->on_bus_reply(req_id, *token_holder, st, m);
+        });
+      });
   *token_holder = inf.token;
   arm_request_timer(inf.deadline);
 }
@@ -162,6 +177,10 @@ void Session::on_request_timer() {
   Clock::time_point next;
   for (const auto& [req_id, inf] : inflight_.expire(Clock::now(), next)) {
     server_.bus().cancel_request(inf.token);
+    if (!inf.claim_here()) {  // a reply was written just now
+      inflight_count_.store(inflight_.size(), std::memory_order_relaxed);
+      continue;
+    }
     send_res(req_id, Code::request_timeout, "no reply within " + std::to_string(inf.timeout_ms) + " ms");
     request_done();
   }
@@ -169,9 +188,49 @@ void Session::on_request_timer() {
   flush();
 }
 
+// A reply from the bus, on the thread it arrived on: written at once (true), or left to
+// on_bus_reply on the executor (false: too large for the client, which gets an error RES instead).
+// Also true when the request was answered already (timed out): the reply is dropped. The tenant's
+// in-flight slot is given back before the RES goes out, so that a client that sends its next
+// request on seeing the RES finds the slot free.
+bool Session::answer_now(uint32_t req_id, std::atomic<int>& claim, Clock::time_point started, const BusMessage& m) {
+  thread_local std::string frame;
+  frame.clear();
+  proto::encode_res_framed(frame, req_id, 0, m.payload, m.headers);
+  if (frame.size() > max_frame_ + 4) return false;
+  int expected = RequestTable::Entry::kPending;
+  if (!claim.compare_exchange_strong(expected, RequestTable::Entry::kReplied)) return true;
+  tenant_->release_request();
+  server_.metrics().requests_inflight.fetch_sub(1, std::memory_order_relaxed);
+  {
+    std::lock_guard lk(out_mu_);
+    if (state_.load() == State::closed || closing_) return true;
+    if (admit_locked(frame.size())) {
+      out_.buf() += frame;
+      msgs_out_.fetch_add(1, std::memory_order_relaxed);
+      bytes_out_.fetch_add(frame.size(), std::memory_order_relaxed);
+      if (!write_through_locked()) schedule_flush_locked();
+    }
+  }
+  server_.metrics().observe_latency_us(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count()));
+  return true;
+}
+
+void Session::finish_answered(uint32_t req_id, uint64_t token) {
+  if (const auto* inf = inflight_.find(req_id, token); inf && inf->replied()) end_request(req_id, true);
+}
+
+void Session::end_request(uint32_t req_id, bool replied) {
+  if (!inflight_.erase(req_id)) return;
+  if (!replied) return request_done();
+  inflight_count_.store(inflight_.size(), std::memory_order_relaxed);
+}
+
 void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const BusMessagePtr& m) {
   const auto* inf = inflight_.find(req_id, token);
   if (!inf) return;  // timed out or cancelled
+  if (!inf->claim_here()) return end_request(req_id, true);
   const auto started = inf->started;
   if (status == Code::ok && m) {
     std::string frame;
@@ -194,12 +253,8 @@ void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const B
   }
   server_.metrics().observe_latency_us(static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count()));
-  finish_request(req_id);
+  end_request(req_id, false);  // the request timer is not moved: it skips requests that are gone
   flush();
-}
-
-void Session::finish_request(uint32_t req_id) {
-  if (inflight_.erase(req_id)) request_done();  // the request timer is not moved: it skips requests that are gone
 }
 
 void Session::request_done() {

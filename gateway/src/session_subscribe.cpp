@@ -190,7 +190,7 @@ bool Session::queue_msg(SubState& sub, const BusMessage& m, std::string_view sub
       bytes_out_.fetch_add(n, std::memory_order_relaxed);
       tenant_->msgs_out.fetch_add(1, std::memory_order_relaxed);
       tenant_->bytes_out.fetch_add(m.payload.size(), std::memory_order_relaxed);
-      schedule_flush_locked();
+      if (reply.empty() || !write_through_locked()) schedule_flush_locked();
       // Producer flow control (not for durable deliveries, whose pace is the consumer's window).
       if (congested && !stall_spent_ && !lane_waiting_ && out_.past_half()) *congested = true;
     }

@@ -1,6 +1,10 @@
 #include "tcp_transport.hpp"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <mutex>
 
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -49,8 +53,7 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
       linger_timer_.expires_after(std::chrono::milliseconds(server_.config().handshake_timeout_ms));
       linger_timer_.async_wait([self = this->shared_from_this()](const boost::system::error_code& ec) {
         if (!ec && !self->session_) {
-          boost::system::error_code ignored;
-          self->lowest().close(ignored);
+          self->close_socket();
         }
       });
       stream_.async_handshake(asio::ssl::stream_base::server,
@@ -58,8 +61,7 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
                                 self->linger_timer_.cancel();
                                 if (ec) {
                                   spdlog::info("tls handshake failed remote={}: {}", self->remote_, ec.message());
-                                  boost::system::error_code ignored;
-                                  self->lowest().close(ignored);
+                                  self->close_socket();
                                   return;
                                 }
                                 self->sniffed_ = true;  // inside TLS only busgate framing is possible
@@ -76,6 +78,18 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
                                                                                   size_t) { done(!ec); });
   }
 
+  long write_now(std::string_view bytes) override {
+    if constexpr (kIsTls<Stream>) {
+      return -1;
+    } else {
+      std::lock_guard lk(socket_mu_);
+      if (!writable_) return -1;
+      const ssize_t n = ::send(stream_.native_handle(), bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n >= 0) return n;
+      return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+    }
+  }
+
   void close(Code) override {
     if (closing_ && linger_started_) return;
     closing_ = true;
@@ -86,8 +100,7 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
   void abort() override {
     closing_ = true;
     if (close_reason_.empty()) close_reason_ = "closed by gateway (peer not reading)";
-    boost::system::error_code ec;
-    lowest().close(ec);  // pending reads and writes fail; finish() runs from the read handler
+    close_socket();  // pending reads and writes fail; finish() runs from the read handler
     resume_read();
   }
 
@@ -107,6 +120,15 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
   tcp::socket& lowest() {
     if constexpr (kIsTls<Stream>) return stream_.next_layer();
     else return stream_;
+  }
+
+  // Every close of the socket goes through here: write_now() on another thread never meets a
+  // descriptor that was closed (and perhaps reused).
+  void close_socket() {
+    std::lock_guard lk(socket_mu_);
+    writable_ = false;
+    boost::system::error_code ignored;
+    lowest().close(ignored);
   }
 
   void open_session() {
@@ -184,22 +206,22 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
   // Half-close; the read loop drains until the peer closes, or the timer closes after a second.
   void linger() {
     linger_started_ = true;
+    {
+      std::lock_guard lk(socket_mu_);
+      writable_ = false;
+    }
     boost::system::error_code ec;
     lowest().shutdown(tcp::socket::shutdown_send, ec);
     linger_timer_.expires_after(kLinger);
     linger_timer_.async_wait([self = this->shared_from_this()](const boost::system::error_code& e) {
-      if (!e) {
-        boost::system::error_code ignored;
-        self->lowest().close(ignored);
-      }
+      if (!e) self->close_socket();
     });
   }
 
   void finish(std::string reason) {
     if (finished_) return;
     finished_ = true;
-    boost::system::error_code ec;
-    lowest().close(ec);
+    close_socket();
     linger_timer_.cancel();
     if (!close_reason_.empty()) reason = close_reason_;
     if (session_) {
@@ -221,6 +243,8 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
   bool linger_started_ = false;
   bool finished_ = false;
   std::string close_reason_;
+  std::mutex socket_mu_;  // write_now() against closing the socket
+  bool writable_ = true;  // under socket_mu_
   char discard_[512];
 };
 

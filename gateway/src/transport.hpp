@@ -18,6 +18,10 @@ class Transport {
   // `frames` is one or more length-prefixed frames (for a byte stream, any slice of them); it stays
   // valid until `done` runs. One write at a time. Called on the connection's executor.
   virtual void write(std::string_view frames, std::function<void(bool ok)> done) = 0;
+  // From any thread, while no write() is in progress: writes what it can of `bytes` at once without
+  // blocking and returns how many went out (0: none fit; -1: not supported or closed). Plain TCP
+  // supports it; the bytes may end mid-frame.
+  virtual long write_now(std::string_view /*bytes*/) { return -1; }
   // Whether writes may cut frames anywhere (TCP, TLS); false when every write must hold whole frames.
   virtual bool byte_stream() const { return true; }
   // The connection's socket descriptor (for TCP progress figures), -1 when there is none.

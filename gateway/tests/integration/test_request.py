@@ -1,7 +1,9 @@
 """Request/reply through the gateway: replies, timeouts, no responders, the in-flight cap, imports."""
 import threading
 
-from rawgw import ERR, MSG, PUB, REQ, RES, E, sha
+import pytest
+
+from rawgw import ERR, MSG, PUB, REQ, RES, E, bus_config, sha
 
 SVC_CONFIG = f"""
 timeouts: {{request_ms: 300, max_request_ms: 2000}}
@@ -155,3 +157,30 @@ def test_reply_to_a_plain_publish(gw, clients):
     assert m[5] == "replies.me"
     worker.pub(m[5], b"done")
     assert requester.expect(MSG)[3] == b"done"
+
+
+@pytest.fixture(params=["memory", "nats"])
+def bus_section(request):
+    with bus_config(request.param) as section:
+        yield section
+
+
+def test_next_request_on_seeing_the_reply_is_never_refused(start_gateway, clients, bus_section):
+    """A reply is written from the thread it arrives on (the bus link's, or the responder's): the
+    request's in-flight slot and its req_id must be free by the time the client reads the RES. With
+    the tenant's cap (3) otherwise full, a client that sends its next request, with the same req_id,
+    the moment each RES arrives is never refused."""
+    g = start_gateway(bus_section + "\n" + SVC_CONFIG)
+    svc = clients(g.client("datasvc-token-1"))
+    responder(svc, 1, "serve.echo.>")
+    holder = clients(g.client("datasvc-token-1"))
+    holder.sub(2, "serve.hold.>")  # takes two requests and never answers them
+    a = clients(g.client("acme-token-1"))
+    a.send(REQ, 100, "data.hold.1", b"h1", None, 2000)
+    a.send(REQ, 101, "data.hold.2", b"h2", None, 2000)
+    holder.expect(MSG)
+    holder.expect(MSG)
+    for i in range(300):
+        a.send(REQ, 1, "data.echo.x", str(i).encode(), None, 2000)
+        res = a.expect(RES)
+        assert res[1:4] == [1, 0, b"re:" + str(i).encode()], res
