@@ -7,6 +7,7 @@
 #include <boost/asio/write.hpp>
 #include <cstring>
 
+#include "flush_batch.hpp"
 #include "config.hpp"
 
 namespace busgate::gw {
@@ -297,6 +298,7 @@ void NatsConnection::reserve_for(size_t need) {
 // Hands over every complete protocol message in the buffer. False when the connection ended (a
 // protocol error from the server: logged, and the link reconnects).
 bool NatsConnection::parse(uint64_t g) {
+  FlushBatch batch;  // each connection the messages of this read reach is flushed once, at its end
   NatsItem m;
   while (rbeg_ < rend_) {
     const NatsParse r = parser_.next(std::string_view(rbuf_.data() + rbeg_, rend_ - rbeg_), m);

@@ -7,6 +7,7 @@
 #include <boost/asio/post.hpp>
 
 #include "busgate/protocol/msgpack.hpp"
+#include "flush_batch.hpp"
 #include "server.hpp"
 #include "session.hpp"
 #include "session_sub.hpp"
@@ -228,7 +229,9 @@ void Session::schedule_flush_locked() {
   budget_.report(out_.pending());
   if (flush_posted_ || out_.writing()) return;
   flush_posted_ = true;
-  asio::post(ex_, [self = shared_from_this()] { self->flush(); });
+  // Within a read being handed out (flush_batch.hpp) the flush is posted once, at its end.
+  auto post = [self = shared_from_this()] { asio::post(self->ex_, [self] { self->flush(); }); };
+  if (!FlushBatch::defer(post)) post();
 }
 
 // A request delivered from another thread (the bus link's, another connection's) is written from

@@ -11,6 +11,7 @@
 #include <boost/asio/write.hpp>
 
 #include "busgate/protocol/stream.hpp"
+#include "flush_batch.hpp"
 #include "server.hpp"
 #include "session.hpp"
 #include "transport.hpp"
@@ -175,6 +176,7 @@ class StreamTransport final : public Transport, public std::enable_shared_from_t
   // Hands the buffered frames to the session, then reads more, unless the session asks to wait
   // (a SUB waiting for the bus, or a congested bus): resume_read() continues here.
   void pump() {
+    FlushBatch batch;  // the connections this batch of frames delivers to are flushed once, at its end
     std::string_view body;
     while (!closing_ && session_->state() != Session::State::closed && !session_->holding()) {
       const auto st = parser_.next(body);
