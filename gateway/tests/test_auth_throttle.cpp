@@ -160,7 +160,7 @@ TEST_CASE("a new rate applies to the tokens still missing", "[auth_throttle]") {
   CHECK(t.tracked() == 0);
 }
 
-TEST_CASE("200k distinct addresses stay within the bound; the throttled one is kept", "[auth_throttle]") {
+TEST_CASE("200k distinct addresses stay within the bound, and the throttled one is kept", "[auth_throttle]") {
   const size_t bound = 65536;
   AuthThrottle t(5, 0.1, bound);
   const auto t0 = Clock::now();

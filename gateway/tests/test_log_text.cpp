@@ -90,7 +90,7 @@ TEST_CASE("every byte alone comes out as printable ASCII", "[log_text]") {
   }
 }
 
-TEST_CASE("valid UTF-8 is kept; invalid sequences and invisible controls are escaped", "[log_text]") {
+TEST_CASE("valid UTF-8 is kept, and invalid sequences and invisible controls are escaped", "[log_text]") {
   CHECK(log_text("h\xc3\xa9llo \xe2\x82\xac \xf0\x9d\x84\x9e \xe4\xb8\xad") ==
         "h\xc3\xa9llo \xe2\x82\xac \xf0\x9d\x84\x9e \xe4\xb8\xad");
   CHECK(log_text("\xc0\xaf") == "\\xc0\\xaf");                // overlong '/'

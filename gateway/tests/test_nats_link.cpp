@@ -31,7 +31,7 @@ std::unique_ptr<FakePeer> connect(FakeListener& server,
 
 }  // namespace
 
-TEST_CASE("nats link: a malformed or missing INFO ends the attempt with a log line; the next one connects",
+TEST_CASE("nats link: a malformed or missing INFO ends the attempt with a log line, and the next one connects",
           "[nats_link]") {
   const std::string bad = GENERATE(std::string("INFO {not json}\r\n"), std::string("INFO [1,2]\r\n"),
                                    std::string("INFO \"text\"\r\n"), std::string("HELLO\r\n"),
@@ -57,7 +57,7 @@ TEST_CASE("nats link: a malformed or missing INFO ends the attempt with a log li
   CHECK(rec.payloads().empty());
 }
 
-TEST_CASE("nats link: a malformed MSG or HMSG ends the connection with a log line; the link reconnects",
+TEST_CASE("nats link: a malformed MSG or HMSG ends the connection with a log line, and the link reconnects",
           "[nats_link]") {
   const std::string bad = GENERATE(
       std::string("MSG in 1 2000\r\n"),                         // above the announced max_payload (1024)
@@ -93,7 +93,7 @@ TEST_CASE("nats link: a malformed MSG or HMSG ends the connection with a log lin
   CHECK(link->connected());
 }
 
-TEST_CASE("nats link: -ERR for a refused SUB drops that subscription before the PONG; the link stays up",
+TEST_CASE("nats link: -ERR for a refused SUB drops that subscription before the PONG, and the link stays up",
           "[nats_link]") {
   LogCapture log;
   FakeListener server;

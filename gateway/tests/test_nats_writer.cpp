@@ -239,7 +239,7 @@ TEST_CASE("nats writer: congestion past the bound, refusal past the hard bound, 
   CHECK(drained == 2);
 }
 
-TEST_CASE("nats writer: a partial immediate write queues its tail first; a lost connection drops it",
+TEST_CASE("nats writer: a partial immediate write queues its tail first, and a lost connection drops it",
           "[nats_writer]") {
   Harness h;
   int small = 4096;
