@@ -233,17 +233,11 @@ void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const B
   if (!inf->claim_here()) return end_request(req_id, true);
   const auto started = inf->started;
   if (status == Code::ok && m) {
+    // answer_now() wrote every reply that fits this client's max_frame: this one does not.
     std::string frame;
     proto::encode_res_framed(frame, req_id, 0, m->payload, m->headers);
-    if (frame.size() > max_frame_ + 4) {
-      send_res(req_id, Code::payload_too_large,
-               "the reply of " + std::to_string(frame.size() - 4) + " bytes is above max_frame");
-    } else if (std::lock_guard lk(out_mu_); admit_locked(frame.size())) {
-      out_.buf() += frame;
-      budget_.report(out_.pending());
-      msgs_out_.fetch_add(1, std::memory_order_relaxed);
-      bytes_out_.fetch_add(frame.size(), std::memory_order_relaxed);
-    }
+    send_res(req_id, Code::payload_too_large,
+             "the reply of " + std::to_string(frame.size() - 4) + " bytes is above max_frame");
   } else {
     send_res(req_id, status,
              status == Code::no_responders     ? "no responders are subscribed to the request subject"

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from rawgw import ERR, MSG, PUB, REQ, RES, E, bus_config, sha
+from rawgw import ERR, MSG, PUB, REQ, RES, E, RawClient, bus_config, sha
 
 SVC_CONFIG = f"""
 timeouts: {{request_ms: 300, max_request_ms: 2000}}
@@ -184,3 +184,24 @@ def test_next_request_on_seeing_the_reply_is_never_refused(start_gateway, client
         a.send(REQ, 1, "data.echo.x", str(i).encode(), None, 2000)
         res = a.expect(RES)
         assert res[1:4] == [1, 0, b"re:" + str(i).encode()], res
+
+
+def test_a_reply_above_the_requesters_max_frame_is_answered_payload_too_large(start_gateway, clients, bus_section):
+    """A reply is written from the thread it arrives on only when it fits the requester's max_frame;
+    a larger one becomes RES PAYLOAD_TOO_LARGE, and the connection goes on."""
+    g = start_gateway(bus_section + "\n" + SVC_CONFIG)
+    svc = clients(g.client("datasvc-token-1"))
+    responder(svc, 1, "serve.echo.>", answer=lambda p: p * 10000)
+    a = clients(rawgw_client(g, "acme-token-1", {"max_frame": 65536}))
+    a.send(REQ, 1, "data.echo.x", b"0123456789", None, 2000)
+    res = a.expect(RES)
+    assert res[1:3] == [1, E["PAYLOAD_TOO_LARGE"]], res
+    assert b"above max_frame" in res[3]  # the status message
+    a.send(REQ, 2, "data.echo.x", b"ok", None, 2000)  # a reply that fits still arrives
+    assert a.expect(RES)[1:4] == [2, 0, b"ok" * 10000]
+
+
+def rawgw_client(g, token, opts):
+    c = RawClient(g.tcp)
+    c.hello(token, opts=opts)
+    return c
