@@ -196,7 +196,8 @@ def burst_to_slow_reader(pub: RawClient, reader: RawClient, subject: str, n: int
 
 
 class Gateway:
-    def __init__(self, config: str | None = None, extra_args=(), env=None):
+    def __init__(self, config: str | None = None, extra_args=(), env=None, preexec_fn=None):
+        """`preexec_fn` runs in the child before the gateway starts (e.g. to set a resource limit)."""
         self.tmp = tempfile.TemporaryDirectory()
         self.config_path = None
         args = [str(BINARY), "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--threads", "2"]
@@ -207,7 +208,7 @@ class Gateway:
         args += list(extra_args)
         self.log_lines: list[str] = []
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
         self._ready = threading.Event()
         self.tcp = self.http = None
         threading.Thread(target=self._pump, daemon=True).start()

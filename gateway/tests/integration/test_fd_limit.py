@@ -13,14 +13,12 @@ import resource
 import socket
 import ssl
 import subprocess
-import tempfile
-import threading
 import time
 
 import pytest
 
 import rawgw
-from rawgw import BINARY, HELLO, WELCOME, Closed, RawClient
+from rawgw import HELLO, WELCOME, Closed, RawClient
 
 ACCEPT_LINE = re.compile(r"\baccept (paused|failed|resumed)\b")
 HELD_MAX = 300  # bound on the connections a test opens while looking for the limit
@@ -30,22 +28,8 @@ class LimitedGateway(rawgw.Gateway):
     """rawgw.Gateway started with RLIMIT_NOFILE = (soft, hard)."""
 
     def __init__(self, soft: int, hard: int, extra_args=()):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.config_path = None
-        args = [str(BINARY), "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--threads", "2", *extra_args]
-        self.log_lines: list[str] = []
-
-        def limit():
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     preexec_fn=limit)
-        self._ready = threading.Event()
-        self.tcp = self.http = None
-        threading.Thread(target=self._pump, daemon=True).start()
-        if not self._ready.wait(15):
-            self.stop()
-            raise RuntimeError("gateway did not start:\n" + "\n".join(self.log_lines))
+        super().__init__(extra_args=extra_args,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
 
     def listening(self, what) -> tuple[str, int]:
         line = self.wait_log(rf"\b{what} listening on ")
