@@ -79,6 +79,15 @@ inline void emit(const Options& o, const std::string& fields) {
   std::fflush(stdout);
 }
 
+// The IPv4 address `host`:`port`.
+inline sockaddr_in ipv4_address(const std::string& host, int port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, host.c_str(), &a.sin_addr);
+  return a;
+}
+
 // A connected TCP socket with TCP_NODELAY (and `rcvbuf`, `mss` when not 0), or an exception.
 inline int tcp_connect(const std::string& host, int port, size_t rcvbuf = 0, int mss = 0) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -87,11 +96,8 @@ inline int tcp_connect(const std::string& host, int port, size_t rcvbuf = 0, int
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
   }
   if (mss) setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof mss);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, host.c_str(), &a.sin_addr);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+  const sockaddr_in a = ipv4_address(host, port);
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) {
     close(fd);
     throw std::runtime_error("connect failed");
   }
@@ -127,6 +133,16 @@ inline long rss_kib(int pid) {
 
 inline int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+// Open-loop send times: o.rate a second for o.seconds, from 20 ms from now.
+inline std::vector<Clock::time_point> open_loop_schedule(const Options& o) {
+  const uint64_t total = static_cast<uint64_t>(o.rate * o.seconds);
+  std::vector<Clock::time_point> scheduled(total);
+  const auto t0 = Clock::now() + std::chrono::milliseconds(20);
+  for (uint64_t i = 0; i < total; ++i)
+    scheduled[i] = t0 + std::chrono::nanoseconds(static_cast<int64_t>(static_cast<double>(i) * 1e9 / o.rate));
+  return scheduled;
 }
 
 // One subscriber's deliveries in a throughput run.

@@ -259,18 +259,15 @@ void workload_reqrep(const Options& o) {
 void workload_openloop(const Options& o) {
   Responder responder(o);
   const std::string payload(o.size, 'x');
-  const uint64_t total = static_cast<uint64_t>(o.rate * o.seconds);
-  std::vector<Clock::time_point> scheduled(total);
-  const auto t0 = Clock::now() + std::chrono::milliseconds(20);
-  for (uint64_t i = 0; i < total; ++i)
-    scheduled[i] = t0 + std::chrono::nanoseconds(static_cast<int64_t>(static_cast<double>(i) * 1e9 / o.rate));
+  const std::vector<Clock::time_point> scheduled = open_loop_schedule(o);
+  const uint64_t total = scheduled.size();
   Histogram h;
   std::mutex hm;
   std::atomic<uint64_t> done{0};
   if (o.target.starts_with("nats://")) {
     natsConnection* nc = nats_connect(o.target, true);
     struct Ctx {
-      std::vector<Clock::time_point>* sched;
+      const std::vector<Clock::time_point>* sched;
       Histogram* h;
       std::mutex* m;
       std::atomic<uint64_t>* done;
@@ -346,11 +343,8 @@ void workload_idle(const Options& o) {
     if (nats) {
       // a minimal NATS client: CONNECT + PING, wait for PONG
       int fd = socket(AF_INET, SOCK_STREAM, 0);
-      sockaddr_in a{};
-      a.sin_family = AF_INET;
-      a.sin_port = htons(static_cast<uint16_t>(port));
-      inet_pton(AF_INET, host.c_str(), &a.sin_addr);
-      if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw std::runtime_error("connect");
+      const sockaddr_in a = ipv4_address(host, port);
+      if (connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) throw std::runtime_error("connect");
       const std::string hello = "CONNECT {\"verbose\":false}\r\nPING\r\n";
       ::send(fd, hello.data(), hello.size(), 0);
       std::string got;

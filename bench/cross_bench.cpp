@@ -119,12 +119,9 @@ int64_t metric(const std::string& url, const std::string& name) {
   const timeval limit{0, 200000};  // an answer that takes longer is skipped (the next poll asks again)
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, host.c_str(), &a.sin_addr);
+  const sockaddr_in a = ipv4_address(host, port);
   std::string got;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0) {
     const std::string req = "GET /metrics HTTP/1.0\r\nHost: " + host + "\r\n\r\n";
     if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
       char buf[16384];

@@ -102,11 +102,8 @@ void raw_reqrep(const Options& o) {
 void raw_openloop(const Options& o) {
   RawResponder responder(o.responder.empty() ? o.target : o.responder, "bench.svc");
   const std::string payload(o.size, 'x');
-  const uint64_t total = static_cast<uint64_t>(o.rate * o.seconds);
-  std::vector<Clock::time_point> scheduled(total);
-  const auto t0 = Clock::now() + std::chrono::milliseconds(20);
-  for (uint64_t i = 0; i < total; ++i)
-    scheduled[i] = t0 + std::chrono::nanoseconds(static_cast<int64_t>(static_cast<double>(i) * 1e9 / o.rate));
+  const std::vector<Clock::time_point> scheduled = open_loop_schedule(o);
+  const uint64_t total = scheduled.size();
   auto c = raw_connect(o.target);
   c->sub("_RB.*", 1);
   c->flush();
