@@ -77,6 +77,21 @@ Services
     is the reply (bytes, str, or anything JSON-serialisable). If the handler raises, the reply is
     empty with the header ``error`` set to ``<ExceptionType>: <message>``.
 
+Triggered commands
+    ``@program.command(trigger="models.train")`` is a plain command that can also be started by a
+    message. ``python -m myprogram train`` runs it once and exits with its exit code (a Kubernetes
+    CronJob); ``python -m myprogram train --listen`` stays connected, subscribes to the trigger
+    subject and runs the command once per trigger message, one run at a time (a trigger that arrives
+    while a run is under way waits its turn, in order). The trigger is ``ctx.trigger`` (a
+    :class:`Msg`; None when run once). A run that raises, or returns a non-zero int (its exit code),
+    failed. When the trigger is a request, the reply is ``{"ok": true, "result": <the return value,
+    or null when it is not JSON-serialisable>}``, or, when the run failed, empty with the header
+    ``error`` as services do. ``queue=`` puts the listeners in a queue group (one of them runs each
+    trigger); ``durable="NAME"`` takes the triggers from a durable consumer instead (at least once:
+    ACK when the run succeeds, NAK when it fails, PROGRESS while it runs). SIGTERM drains as for
+    consumers: the running run finishes. ``--listen`` on a command without a trigger is a usage
+    error (exit 2).
+
 Drain (SIGTERM, SIGINT)
     Stop taking work (UNSUB every subscription), wait until the gateway has sent everything it sent
     before the UNSUB (PING/PONG barrier), run the messages already received (still N at a time),
@@ -91,6 +106,23 @@ Logs
     One JSON object per line on stderr: ``ts``, ``level``, ``program``, ``command``, ``event`` and
     event fields (``program.start``, ``consumer.start``, ``message.failed``, ``program.draining``,
     ``program.stop`` with counters, ...). Handlers log through ``ctx.log(event, **fields)``.
+
+Connecting
+    A command that runs until stopped (consumers, services, ``--listen``) retries its first
+    connection until it succeeds (``client.connect_failed`` with the attempt and the error, backoff
+    up to 5 s; a rejected token is final), and the client reconnects on its own afterwards, so the
+    program can start before the gateway and outlive a gateway restart. SIGTERM while connecting
+    exits 0.
+
+Health and metrics
+    ``--http HOST:PORT`` (default: $BUSGATE_PROGRAM_HTTP; unset: none) serves, on the program's own
+    event loop (so a wedged loop fails the probes), ``GET /healthz`` (200 ``ok``), ``GET /readyz``
+    (200 ``ready`` when every connection of the command is connected and every subscription is
+    live; 503 with the reason, ``starting``, ``connecting``, ``reconnecting``, ``subscribing
+    SUBJECT`` or ``draining``, otherwise) and ``GET /metrics`` (Prometheus text format; the series
+    are listed in :mod:`busgate.program_metrics`). Port 0 picks a free port; the address is logged
+    as ``program.http`` with ``address``. A plain command serves while it runs. The metrics need
+    ``prometheus_client`` (``pip install 'busgate[program]'``); without it ``--http`` exits 2.
 """
 from __future__ import annotations
 
@@ -103,18 +135,16 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import __version__
 from . import errors as E
-from .client import Client, Msg, Subscription, connect
+from .client import Client, connect
+from .program_http import HealthServer, parse_address
+from .program_metrics import MetricsUnavailable, ProgramMetrics
+from .program_runner import CommandFailed, ConsumerStats, Context, Terminate, _exit_code, _Handler, _Runner
 
-__all__ = ["Program", "Context", "ConsumerStats", "JsonFormatter", "Terminate"]
-
-
-class Terminate(Exception):
-    """Raised by a durable consumer's handler: do not retry this message. The runner sends TERM with
-    the exception's message as the reason; the message goes to the consumer's dead-letter subject."""
+__all__ = ["Program", "Context", "ConsumerStats", "JsonFormatter", "Terminate", "CommandFailed"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -134,93 +164,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-def _encode(value: Any) -> bytes:
-    if value is None:
-        return b""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    return json.dumps(value, separators=(",", ":"), default=str).encode("utf-8")
-
-
-@dataclass
-class ConsumerStats:
-    """Counters of one consumer (also logged at stop)."""
-
-    taken: int = 0        # messages taken from the subscription (each one is run)
-    done: int = 0         # handlers that returned
-    failed: int = 0       # handlers that raised
-    in_flight: int = 0
-    max_in_flight: int = 0
-    max_pending: int = 0  # the most messages that waited in the local queue
-    dropped: int = 0      # received but not started when a drain hit its deadline (plain consumers)
-    # durable consumers
-    acked: int = 0        # ACK sent after the handler returned
-    nakked: int = 0       # NAK sent after the handler raised
-    terminated: int = 0   # TERM sent after the handler raised Terminate
-    stale: int = 0        # settled after its connection was gone (the gateway had released it)
-    redelivered: int = 0  # taken with attempt > 1
-    released: int = 0     # given back by the drain: received and not started, or cut off at its deadline
-
-
-class Context:
-    """What a handler gets besides the message: the connected ``client``, ``publish``, ``request``,
-    structured ``log``, the parsed ``args`` and the ``program``."""
-
-    def __init__(self, program: "Program", command: str, client: Client | None, args: argparse.Namespace,
-                 logger: logging.LoggerAdapter) -> None:
-        self.program = program
-        self.command = command
-        self._client = client
-        self.args = args
-        self._log = logger
-
-    @property
-    def client(self) -> Client:
-        if self._client is None:
-            raise E.ClientError("this command runs without a connection; call `await ctx.connect()` first")
-        return self._client
-
-    async def connect(self) -> Client:
-        """For plain commands: connect with the program's URL and token (closed when the command ends)."""
-        if self._client is None:
-            self._client = await self.program._connect(self.args, name=f"{self.program.name}:{self.command}")
-        return self._client
-
-    async def publish(self, subject: str, data: Any = b"", headers: dict[str, str] | None = None,
-                      reply_to: str | None = None) -> None:
-        """Publish; ``data`` may be bytes, str or anything JSON-serialisable."""
-        await self.client.publish(subject, _encode(data), headers, reply_to)
-
-    async def request(self, subject: str, data: Any = b"", timeout: float | None = None,
-                      headers: dict[str, str] | None = None) -> Msg:
-        return await self.client.request(subject, _encode(data), timeout, headers)
-
-    def log(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
-        self._log.log(level, event, extra={"fields": fields})
-
-
-@dataclass
-class _Handler:
-    kind: str  # consumer | service | command
-    fn: Callable[..., Any]
-    command: str
-    subject: str | None = None
-    queue: str | None = None
-    concurrency: int = 1
-    prefetch: int | None = None
-    durable: str | None = None
-    deliver: str | None = None
-    progress_interval: float = 10.0
-    retry_backoff: tuple[float, float] | None = None
-    stats: ConsumerStats = field(default_factory=ConsumerStats)
-
-    def call(self, *args: Any) -> Any:
-        n = len(inspect.signature(self.fn).parameters)
-        return self.fn(*args[:n])
-
-
 class Program:
     """A program: commands made of consumers, services and plain commands. See the module doc."""
 
@@ -234,6 +177,12 @@ class Program:
         self.logger = logging.getLogger(f"busgate.program.{name}")
         self._stop: asyncio.Event | None = None
         self.running: dict[str, _Handler] = {}
+        # the running command: starting, connecting, running, draining, stopped (see readiness())
+        self._phase = "idle"
+        self._clients: list[Client] = []
+        self._runners: list[_Runner] = []
+        self._runs: dict[str, int] | None = None  # runs of a plain or triggered command, by outcome
+        self.metrics: ProgramMetrics | None = None  # with --http
 
     # ------------------------------------------------------------------ decorators
     def consumer(self, subject: str, *, queue: str | None = None, concurrency: int = 1,
@@ -272,11 +221,22 @@ class Program:
             return fn
         return deco
 
-    def command(self, name: str | None = None) -> Callable:
+    def command(self, name: str | None = None, *, trigger: str | None = None, queue: str | None = None,
+                durable: str | None = None, progress_interval: float = 10.0) -> Callable:
         """A plain one-shot command: ``def train(ctx)`` or ``async def train(ctx)``; ``ctx.args.argv``
-        holds the arguments after the command name. Its return value is the exit code (None: 0)."""
+        holds the arguments after the command name. Its return value is the exit code (None: 0).
+
+        With ``trigger=SUBJECT`` the command can also run once per message on SUBJECT with
+        ``--listen`` (see "Triggered commands" in the module doc); ``durable=NAME`` takes the triggers
+        from that durable consumer, ``queue=`` shares them among the listeners of a queue group."""
+        if trigger is None and (queue is not None or durable is not None):
+            raise ValueError("queue and durable need trigger=")
+        if progress_interval <= 0:
+            raise ValueError("progress_interval must be positive")
+
         def deco(fn: Callable) -> Callable:
-            self.handlers.append(_Handler("command", fn, name or fn.__name__))
+            self.handlers.append(_Handler("command", fn, name or fn.__name__, trigger,
+                                          None if durable else queue, 1, None, durable, None, progress_interval))
             return fn
         return deco
 
@@ -296,6 +256,11 @@ class Program:
         common.add_argument("--token", default=None, help="tenant token (default: $BUSGATE_TOKEN)")
         common.add_argument("--log-level", default=os.environ.get("BUSGATE_LOG_LEVEL", "info"))
         common.add_argument("--drain-timeout", type=float, default=30.0, help="seconds a drain may take")
+        common.add_argument("--http", type=parse_address, default=os.environ.get("BUSGATE_PROGRAM_HTTP") or None,
+                            metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics there (port 0: any "
+                            "free port; default: $BUSGATE_PROGRAM_HTTP, unset: no server)")
+        common.add_argument("--listen", action="store_true",
+                            help="a command with a trigger: stay connected and run once per trigger message")
         sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
         for name, hs in self.commands.items():
             kinds = ", ".join(sorted({h.kind for h in hs}))
@@ -310,7 +275,10 @@ class Program:
 
     def main(self, argv: list[str] | None = None, *, exit: bool = True) -> int:
         """Parse argv, run the command, return (or exit with) its exit code."""
-        args = self.parser().parse_args(argv)
+        parser = self.parser()
+        args = parser.parse_args(argv)
+        if args.listen and not self._trigger_of(args.command):
+            parser.error(f"--listen: the command {args.command!r} has no trigger")
         self._setup_logging(args)
         try:
             code = asyncio.run(self.run(args))
@@ -363,13 +331,112 @@ class Program:
         if self._stop is not None:
             self._stop.set()
 
+    def _trigger_of(self, command: str) -> _Handler | None:
+        """The command's plain handler when it has a trigger."""
+        for h in self.commands.get(command, []):
+            if h.kind == "command":
+                return h if h.subject is not None else None
+        return None
+
+    # ------------------------------------------------------------------ health
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason) of the running command: what ``GET /readyz`` answers."""
+        if self._phase != "running":
+            return False, self._phase
+        for c in self._clients:
+            if c.is_closed:
+                return False, "closed"
+            if not c.is_connected:
+                return False, "reconnecting"
+        for r in self._runners:
+            if not r.live():
+                return False, f"subscribing {r.h.subject}"
+        return True, "ready"
+
+    def _all_connected(self) -> bool:
+        return bool(self._clients) and all(c.is_connected for c in self._clients)
+
+    async def _start_http(self, args: argparse.Namespace, command: str, active: list[_Handler],
+                          log: logging.LoggerAdapter) -> HealthServer | int | None:
+        """The --http server (None without --http), or an exit code when it cannot start."""
+        http = getattr(args, "http", None)
+        if http is None:
+            return None
+        host, port = parse_address(http) if isinstance(http, str) else http
+        try:
+            self.metrics = ProgramMetrics(
+                self.name, command, __version__,
+                handlers=lambda: [(h.fn.__name__, h.stats) for h in active],
+                runs=lambda: self._runs, ready=lambda: self.readiness()[0], connected=self._all_connected)
+        except MetricsUnavailable as e:
+            print(f"python -m {self.name}: error: {e}", file=sys.stderr)
+            return 2
+        server = HealthServer(host, port, self.readiness, self.metrics.exposition)
+        try:
+            address = await server.start()
+        except OSError as e:
+            log.error("program.http_failed", extra={"fields": {"address": f"{host}:{port}", "error": str(e)}})
+            return 1
+        log.info("program.http", extra={"fields": {"address": address}})
+        return server
+
+    # ------------------------------------------------------------------ running
     async def run(self, args: argparse.Namespace) -> int:
         command = args.command
         handlers = self.commands[command]
         log = self._adapter(command)
         plain = [h for h in handlers if h.kind == "command"]
-        if plain:
-            return await self._run_plain(plain[0], args, log)
+        listen = bool(getattr(args, "listen", False))
+        if listen and self._trigger_of(command) is None:
+            print(f"python -m {self.name}: error: --listen: the command {command!r} has no trigger", file=sys.stderr)
+            return 2
+        self._phase = "starting"
+        self._clients = []
+        self._runners = []
+        self._runs = {"ok": 0, "failed": 0} if plain else None
+        active = plain[:1] if listen else [] if plain else handlers
+        server = await self._start_http(args, command, active, log)
+        if isinstance(server, int):
+            return server
+        try:
+            if plain and not listen:
+                return await self._run_plain(plain[0], args, log, threaded=server is not None)
+            return await self._run_handlers(args, command, active, log)
+        finally:
+            self._phase = "stopped"
+            if server is not None:
+                await server.close()
+
+    async def _connect_retrying(self, args: argparse.Namespace, name: str, log: logging.LoggerAdapter) -> Client | None:
+        """Connect, retrying until it succeeds; None when the program was stopped meanwhile."""
+        assert self._stop is not None
+        delay, attempt = 0.1, 0
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            while True:
+                attempt += 1
+                conn = asyncio.ensure_future(self._connect(args, name))
+                await asyncio.wait([conn, stop], return_when=asyncio.FIRST_COMPLETED)
+                if not conn.done():
+                    conn.cancel()
+                    await asyncio.gather(conn, return_exceptions=True)
+                    return None
+                try:
+                    return conn.result()
+                except (E.AuthError, E.UnsupportedVersion, E.InvalidURL):
+                    raise
+                except (OSError, asyncio.TimeoutError, E.BusgateError) as e:
+                    log.warning("client.connect_failed", extra={"fields": {
+                        "attempt": attempt, "error": str(e) or type(e).__name__, "retry_in": delay}})
+                await asyncio.wait([stop], timeout=delay)
+                if stop.done():
+                    return None
+                delay = min(delay * 2, 5.0)
+        finally:
+            stop.cancel()
+
+    async def _run_handlers(self, args: argparse.Namespace, command: str, handlers: list[_Handler],
+                            log: logging.LoggerAdapter) -> int:
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         signals = 0
@@ -389,9 +456,10 @@ class Program:
             except (NotImplementedError, RuntimeError):  # not the main thread, or not Unix
                 pass
         log.info("program.start", extra={"fields": {"handlers": [
-            {"kind": h.kind, "subject": h.subject, "queue": h.queue, "durable": h.durable,
-             "concurrency": h.concurrency} for h in handlers]}})
-        runners: list[_Runner] = []
+            {"kind": "trigger" if h.kind == "command" else h.kind, "subject": h.subject, "queue": h.queue,
+             "durable": h.durable, "concurrency": h.concurrency} for h in handlers]}})
+        runners = self._runners
+        self._phase = "connecting"
         try:
             service_client = None
             for h in handlers:
@@ -399,18 +467,26 @@ class Program:
                     if h.kind == "consumer":
                         h.concurrency = args_concurrency
                 if h.kind == "consumer":
-                    client = await self._connect(args, f"{self.name}:{command}:{h.fn.__name__}")
+                    client = await self._connect_retrying(args, f"{self.name}:{command}:{h.fn.__name__}", log)
+                elif service_client is None:
+                    client = service_client = await self._connect_retrying(
+                        args, f"{self.name}:{command}:services", log)
                 else:
-                    if service_client is None:
-                        service_client = await self._connect(args, f"{self.name}:{command}:services")
                     client = service_client
+                if client is None:
+                    break  # stopped while connecting
+                if client not in self._clients:
+                    self._clients.append(client)
                 ctx = Context(self, command, client, args, log)
-                r = _Runner(h, client, ctx, log)
+                r = _Runner(h, client, ctx, log, self.metrics, self._runs if h.kind == "command" else None)
                 await r.start()
                 runners.append(r)
                 self.running[h.fn.__name__] = h
-            log.info("program.ready", extra={"fields": {}})
-            await self._stop.wait()
+            if not self._stop.is_set():
+                self._phase = "running"
+                log.info("program.ready", extra={"fields": {}})
+                await self._stop.wait()
+            self._phase = "draining"
             log.info("program.draining", extra={"fields": {
                 "in_flight": sum(r.h.stats.in_flight for r in runners)}})
             drain = asyncio.gather(*(r.drain(args.drain_timeout) for r in runners))
@@ -422,8 +498,8 @@ class Program:
             if drain not in done:
                 log.warning("program.drain_cut_short", extra={"fields": {}})
         finally:
-            clients = {id(r.client): r.client for r in runners}
-            for c in clients.values():
+            self._phase = "draining"
+            for c in self._clients:
                 try:
                     await c.drain(timeout=5.0) if not c.is_closed else None
                 except Exception:
@@ -431,232 +507,30 @@ class Program:
             log.info("program.stop", extra={"fields": {r.h.fn.__name__: r.h.stats.__dict__ for r in runners}})
         return 0
 
-    async def _run_plain(self, h: _Handler, args: argparse.Namespace, log: logging.LoggerAdapter) -> int:
+    async def _run_plain(self, h: _Handler, args: argparse.Namespace, log: logging.LoggerAdapter,
+                         threaded: bool = False) -> int:
+        """Run a plain command once. ``threaded``: a plain function runs in a worker thread, so the
+        event loop keeps answering /healthz meanwhile."""
         ctx = Context(self, h.command, None, args, log)
         log.info("command.start", extra={"fields": {"argv": getattr(args, "argv", [])}})
+        self._phase = "running"
+        runs = self._runs if self._runs is not None else {"ok": 0, "failed": 0}
         try:
-            r = h.call(ctx)
+            if threaded and not inspect.iscoroutinefunction(h.fn):
+                r = await asyncio.to_thread(h.call, ctx)
+            else:
+                r = h.call(ctx)
             if inspect.isawaitable(r):
                 r = await r
         except Exception as e:
+            runs["failed"] += 1
             log.error("command.failed", exc_info=True, extra={"fields": {"error": str(e)}})
             return 1
         finally:
+            self._phase = "draining"
             if ctx._client is not None:
                 await ctx._client.drain(timeout=10.0)
-        log.info("command.done", extra={"fields": {}})
-        return int(r or 0) if isinstance(r, (int, bool)) or r is None else 0
-
-
-class _Runner:
-    """Runs one consumer or service: a subscription, N slots, the take loop."""
-
-    def __init__(self, h: _Handler, client: Client, ctx: Context, log: logging.LoggerAdapter) -> None:
-        self.h = h
-        self.client = client
-        self.ctx = ctx
-        self.log = log
-        self.sub: Subscription | None = None
-        self.tasks: set[asyncio.Task] = set()
-        self.loop_task: asyncio.Task | None = None
-        self.stopping = False
-        self.is_coro = inspect.iscoroutinefunction(h.fn)
-
-    async def start(self) -> None:
-        h = self.h
-        if h.durable is not None:
-            self.sub = await self.client.subscribe(h.subject, durable=h.durable, max_inflight=h.concurrency,  # type: ignore[arg-type]
-                                                   deliver=h.deliver)
-            self.log.info(f"{h.kind}.start", extra={"fields": {
-                "handler": h.fn.__name__, "subject": h.subject, "durable": h.durable, "concurrency": h.concurrency,
-                "progress_interval": h.progress_interval}})
-        else:
-            prefetch = h.prefetch or h.concurrency
-            self.sub = await self.client.subscribe(h.subject, h.queue, pending_msgs_limit=prefetch)  # type: ignore[arg-type]
-            self.log.info(f"{h.kind}.start", extra={"fields": {
-                "handler": h.fn.__name__, "subject": h.subject, "queue": h.queue, "concurrency": h.concurrency,
-                "prefetch": prefetch}})
-        self.loop_task = asyncio.get_running_loop().create_task(self._take_loop())
-
-    async def _take_loop(self) -> None:
-        h, sub = self.h, self.sub
-        assert sub is not None
-        slots = asyncio.Semaphore(h.concurrency)
-        st = h.stats
-        try:
-            while True:
-                await slots.acquire()  # a free slot first: no message is taken that cannot run now
-                if self.stopping:
-                    slots.release()
-                    break
-                try:
-                    msg = await sub.next()
-                except E.SubscriptionClosed:
-                    slots.release()
-                    break
-                except asyncio.CancelledError:
-                    slots.release()
-                    raise
-                st.taken += 1
-                if msg.attempt is not None and msg.attempt > 1:
-                    st.redelivered += 1
-                st.in_flight += 1
-                st.max_in_flight = max(st.max_in_flight, st.in_flight)
-                st.max_pending = max(st.max_pending, sub.max_pending_seen)
-                t = asyncio.get_running_loop().create_task(self._run_one(msg, slots))
-                self.tasks.add(t)
-                t.add_done_callback(self.tasks.discard)
-        finally:
-            if h.durable is None and self.tasks:
-                await asyncio.gather(*list(self.tasks), return_exceptions=True)
-
-    async def _call(self, msg: Msg) -> Any:
-        if self.is_coro:
-            return await self.h.call(msg, self.ctx)
-        result = await asyncio.to_thread(self.h.call, msg, self.ctx)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-
-    async def _run_one(self, msg: Msg, slots: asyncio.Semaphore) -> None:
-        h, st = self.h, self.h.stats
-        t0 = time.perf_counter()
-        durable = h.durable is not None and msg.delivery_id is not None
-        ticker = asyncio.get_running_loop().create_task(self._keep_alive(msg)) if durable else None
-        try:
-            try:
-                result = await self._call(msg)
-            finally:
-                if ticker is not None:
-                    ticker.cancel()
-            if h.kind == "service" and msg.reply_to:
-                await msg.respond(_encode(result))
-            st.done += 1
-            if durable and not msg.settled:
-                self._count_settled(msg, await msg.ack(), "acked")
-        except asyncio.CancelledError:
-            st.failed += 1
-            raise
-        except Terminate as e:
-            st.failed += 1
-            self.log.warning("message.terminated", extra={"fields": {
-                "handler": h.fn.__name__, "subject": msg.subject, "delivery_id": msg.delivery_id,
-                "attempt": msg.attempt, "reason": str(e)}})
-            if durable and not msg.settled:
-                self._count_settled(msg, await msg.term(str(e) or None), "terminated")
-        except Exception as e:
-            st.failed += 1
-            self.log.error("message.failed", exc_info=True, extra={"fields": {
-                "handler": h.fn.__name__, "subject": msg.subject, "error": f"{type(e).__name__}: {e}",
-                **({"delivery_id": msg.delivery_id, "attempt": msg.attempt} if durable else {})}})
-            if durable and not msg.settled:
-                self._count_settled(msg, await msg.nak(self._retry_delay(msg)), "nakked")
-            if h.kind == "service" and msg.reply_to:
-                try:
-                    await msg.respond(b"", headers={"error": f"{type(e).__name__}: {e}"[:4000].replace("\n", " ")})
-                except E.BusgateError:
-                    pass
-        finally:
-            st.in_flight -= 1
-            slots.release()
-            if self.log.isEnabledFor(logging.DEBUG):
-                self.log.debug("message.done", extra={"fields": {
-                    "handler": h.fn.__name__, "subject": msg.subject, "ms": round((time.perf_counter() - t0) * 1000, 3)}})
-
-    def _retry_delay(self, msg: Msg) -> float | None:
-        """None: NAK without a delay, the consumer's configured backoff applies."""
-        if self.h.retry_backoff is None:
-            return None
-        base, cap = self.h.retry_backoff
-        return min(cap, base * 2 ** min(max(0, (msg.attempt or 1) - 1), 30))
-
-    def _count_settled(self, msg: Msg, sent: bool, what: str) -> None:
-        st = self.h.stats
-        if sent:
-            setattr(st, what, getattr(st, what) + 1)
-        else:
-            st.stale += 1
-            self.log.warning("message.stale", extra={"fields": {
-                "handler": self.h.fn.__name__, "subject": msg.subject, "delivery_id": msg.delivery_id,
-                "attempt": msg.attempt, "outcome": what}})
-
-    async def _keep_alive(self, msg: Msg) -> None:
-        """PROGRESS every progress_interval while the handler runs."""
-        while True:
-            await asyncio.sleep(self.h.progress_interval)
-            if msg.settled or not await msg.in_progress():
-                return
-
-    async def drain(self, timeout: float) -> None:
-        """Stop taking new work (UNSUB), run what had already been received until ``timeout``, then
-        take nothing more; always wait for the handlers that are running; flush what they published.
-        Durable consumers: :meth:`_drain_durable`."""
-        if self.h.durable is not None:
-            await self._drain_durable(timeout)
-            return
-        assert self.sub is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        try:
-            await asyncio.wait_for(self.sub.drain(timeout), timeout)
-        except asyncio.TimeoutError:
-            pass
-        if self.loop_task is not None and not self.loop_task.done():
-            remaining = deadline - loop.time()
-            if remaining > 0:
-                try:
-                    await asyncio.wait_for(asyncio.shield(self._queue_done()), remaining)
-                except asyncio.TimeoutError:
-                    pass
-            # the deadline: take nothing more; what is still queued locally is dropped (it was never
-            # started); the handlers already running are accepted work and are waited for
-            self.stopping = True
-            dropped = self.sub.pending_msgs
-            self.sub._end(None, discard=True)
-            self.h.stats.dropped += dropped
-            if dropped:
-                self.log.warning("drain.deadline", extra={"fields": {
-                    "handler": self.h.fn.__name__, "dropped": dropped, "in_flight": self.h.stats.in_flight}})
-            await asyncio.shield(self.loop_task)
-        try:
-            await self.client.flush(timeout=10.0)
-        except E.BusgateError:
-            pass
-
-    async def _drain_durable(self, timeout: float) -> None:
-        """Take nothing more and grant no more credits; let the running handlers finish and settle
-        until ``timeout``; then end the subscription: the gateway releases at once what was received
-        and not started, and what is still running (those handlers are cancelled)."""
-        sub = self.sub
-        assert sub is not None
-        self.stopping = True
-        sub._granting = False
-        if self.loop_task is not None and not self.loop_task.done():
-            self.loop_task.cancel()
-            try:
-                await self.loop_task
-            except (asyncio.CancelledError, Exception):
-                pass
-        pending: set[asyncio.Task] = set()
-        if self.tasks:
-            _, pending = await asyncio.wait(list(self.tasks), timeout=timeout)
-        queued = sub.pending_msgs
-        await sub.unsubscribe()  # releases what this process holds and has not settled
-        released = queued + len(pending)
-        self.h.stats.released += released
-        if pending:
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        if released:
-            self.log.warning("drain.released", extra={"fields": {
-                "handler": self.h.fn.__name__, "not_started": queued, "cut_off": len(pending)}})
-        try:
-            await self.client.flush(timeout=10.0)
-        except E.BusgateError:
-            pass
-
-    async def _queue_done(self) -> None:
-        assert self.sub is not None and self.loop_task is not None
-        await self.sub._empty.wait()
-        await asyncio.shield(self.loop_task)
+        code = _exit_code(r)
+        runs["ok" if code == 0 else "failed"] += 1
+        log.info("command.done", extra={"fields": {"exit_code": code}})
+        return code
