@@ -6,19 +6,42 @@
     busgate-cli reply svc.echo --echo
     busgate-cli pub jobs.score '{"id": 7}' --ack --msg-id job-7       # stored once on a stream subject
     busgate-cli sub jobs.score --durable scorers --count 10            # prints and acknowledges
+    busgate-cli context add dev --url busgate://127.0.0.1:7422 --token dev-token --select
+    busgate-cli bench bench.demo --msgs 20000 --size 128 --requests 1000
+    busgate-cli --version
 
-``--url`` defaults to $BUSGATE_URL (else busgate://127.0.0.1:7422), ``--token`` to $BUSGATE_TOKEN.
+The gateway URL and token come from ``--url``/``--token``, else $BUSGATE_URL/$BUSGATE_TOKEN, else
+the context in use (``--context NAME``, else $BUSGATE_CONTEXT, else the selected one; see
+:mod:`busgate.cli_context`), else busgate://127.0.0.1:7422 without a token.
 DATA ``-`` reads standard input. ``sub``/``req``/``reply`` print one JSON object per message with
 ``--json``. Status lines ("Subscribed to ...", "Listening on ...") go to standard error once the
-gateway has confirmed the subscription, so scripts can wait for them. Exit codes: 0 success, 1 a
-busgate error (printed as ``busgate-cli: NAME (code): message``, e.g. NOT_STORED when a stream
-could not store a ``pub --ack``), 2 usage, 130 interrupted.
+gateway has confirmed the subscription, so scripts can wait for them.
 
-``sub --durable NAME`` reads the durable consumer NAME (docs/protocol.md section 16) and prints each
-delivery with its delivery id and attempt, then settles it: ``--ack`` (the default), ``--nak``
-(redeliver, after ``--delay`` seconds or the consumer's backoff), ``--term`` (dead-letter it, with
-``--reason``), or ``--no-ack`` (hold it: a peek; what is held is released when the command exits,
-and at most ``--max-inflight`` deliveries, default 1, are held).
+Errors are printed once, on standard error, as ``busgate-cli: NAME (code): message`` (no
+``(code)`` for errors without a protocol code, such as NO_SERVERS or SERVICE_ERROR), and nothing
+misleading goes to standard output. Exit codes (:mod:`busgate.cli_exit`):
+
+    0    success
+    1    any other busgate error (INVALID_SUBJECT, NOT_STORED when a stream could not store a
+         ``pub --ack``, ...)
+    2    usage: bad arguments, an unknown context, a context's token variable not set
+    3    NO_RESPONDERS (500): nobody serves the request subject
+    4    timeout: REQUEST_TIMEOUT (501), or the client's own timer
+    5    auth: AUTH_FAILED (201), AUTH_REVOKED (202), AUTH_METHOD_UNSUPPORTED (200)
+    6    PERMISSION_DENIED (306)
+    7    SERVICE_ERROR: the reply carried an ``error`` header (the service's handler raised; a
+         busgate.program service replies with an empty body and ``error: <Type>: <message>``)
+    8    connection: the gateway could not be reached, or the connection was lost mid-call
+    130  interrupted (SIGINT); 143 for SIGTERM
+    141  standard output was closed by its reader (``| head -1``); nothing is printed
+
+An error not tied to a call (an ERR for a ``pub`` without ``--ack``, found by the flush that ends
+``pub``) sets the exit code the same way. ``sub --durable NAME`` reads the durable consumer NAME
+(docs/protocol.md section 16) and prints each delivery with its delivery id and attempt, then
+settles it: ``--ack`` (the default), ``--nak`` (redeliver, after ``--delay`` seconds or the
+consumer's backoff), ``--term`` (dead-letter it, with ``--reason``), or ``--no-ack`` (hold it: a
+peek; what is held is released when the command exits, and at most ``--max-inflight`` deliveries,
+default 1, are held).
 """
 from __future__ import annotations
 
@@ -30,8 +53,18 @@ import signal
 import sys
 from typing import Any
 
-from . import errors as E
+from . import cli_bench, cli_context
+from . import cli_exit as X
 from .client import DEFAULT_URL, Client, Msg, connect
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import version as _v
+        return _v("busgate")
+    except Exception:  # not installed: the source tree
+        from . import __version__
+        return __version__
 
 
 def _data(arg: str | None) -> bytes:
@@ -49,7 +82,7 @@ def _headers(items: list[str] | None) -> dict[str, str] | None:
     for it in items:
         k, sep, v = it.partition("=")
         if not sep:
-            raise SystemExit(f"busgate-cli: --header wants KEY=VALUE, got {it!r}")
+            raise X.UsageError(f"--header wants KEY=VALUE, got {it!r}")
         out[k] = v
     return out
 
@@ -82,47 +115,68 @@ def _status(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-async def _until_signal(work: "asyncio.Future[Any]") -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
-    stopper = loop.create_task(stop.wait())
-    await asyncio.wait([work, stopper], return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if not work.done():
-        work.cancel()
-    else:
+class _Signals:
+    """SIGINT and SIGTERM stop a long-running command (sub, reply) instead of killing it; installed
+    before the status line, so a script may signal as soon as it has read it."""
+
+    def __init__(self) -> None:
+        self.got: list[int] = []
+        self.stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on, sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+    def _on(self, sig: int) -> None:
+        self.got.append(sig)
+        self.stop.set()
+
+    async def until(self, work: "asyncio.Future[Any]") -> int:
+        """Run ``work`` until it ends (0) or SIGINT (130) / SIGTERM (143) stops it."""
+        stopper = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait([work, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            return X.TERMINATED if self.got and self.got[0] == signal.SIGTERM else X.INTERRUPTED
         work.result()
+        return X.OK
 
 
-async def _run(args: argparse.Namespace) -> int:
-    opts: dict[str, Any] = {"token": args.token, "name": args.name or f"busgate-cli {args.cmd}"}
+async def _run(args: argparse.Namespace, url: str, token: str | None, reporter: X.Reporter) -> int:
+    opts: dict[str, Any] = {"token": token, "name": args.name or f"busgate-cli {args.cmd}", "on_error": reporter}
     if args.ws_json:
         opts["ws_json"] = True
-    async with connect(args.url, **opts) as bg:
+    if args.cmd == "bench":
+        return await cli_bench.run(url, opts, args, reporter)
+    code = X.OK
+    headers = _headers(getattr(args, "header", None))  # a usage error before connecting
+    async with connect(url, **opts) as bg:
         if args.cmd == "pub":
             data = _data(args.data)
             for i in range(args.count):
-                await bg.publish(args.subject, data, _headers(args.header), args.reply_to, ack=args.ack,
-                                 msg_id=args.msg_id)
-            await bg.flush()
-            _status(f"Published {args.count} message(s) of {len(data)} bytes to {args.subject!r}"
-                    + (" (stored)" if args.ack else ""))
+                await bg.publish(args.subject, data, headers, args.reply_to, ack=args.ack, msg_id=args.msg_id)
+            await bg.flush()  # an ERR for one of the PUBs arrives before the PONG
+            if reporter.first is None:
+                _status(f"Published {args.count} message(s) of {len(data)} bytes to {args.subject!r}"
+                        + (" (stored)" if args.ack else ""))
         elif args.cmd == "req":
-            reply = await bg.request(args.subject, _data(args.data), args.timeout, _headers(args.header))
+            reply = await bg.request(args.subject, _data(args.data), args.timeout, headers)
+            failed = X.service_error(args.subject, reply.headers)
+            if failed is not None:
+                raise failed
             _show(reply, 1, args.json, args.raw or not args.json)
         elif args.cmd == "sub":
-            await _sub(bg, args)
+            code = await _sub(bg, args, _Signals())
         elif args.cmd == "reply":
-            await _reply(bg, args)
-    return 0
+            code = await _reply(bg, args, headers, _Signals())
+    return code
 
 
-async def _sub(bg: Client, args: argparse.Namespace) -> None:
+async def _sub(bg: Client, args: argparse.Namespace, signals: _Signals) -> int:
     if args.durable is None:
         sub = await bg.subscribe(args.subject, args.queue)
         _status(f"Subscribed to {args.subject!r}" + (f" in queue {args.queue!r}" if args.queue else ""))
@@ -147,10 +201,10 @@ async def _sub(bg: Client, args: argparse.Namespace) -> None:
                 await bg.flush()
                 return
 
-    await _until_signal(asyncio.ensure_future(work()))
+    return await signals.until(asyncio.ensure_future(work()))
 
 
-async def _reply(bg: Client, args: argparse.Namespace) -> None:
+async def _reply(bg: Client, args: argparse.Namespace, headers: dict[str, str] | None, signals: _Signals) -> int:
     sub = await bg.subscribe(args.subject, args.queue)
     fixed = _data(args.response) if args.response is not None else None
     _status(f"Listening on {args.subject!r}" + (f" in queue {args.queue!r}" if args.queue else ""))
@@ -162,19 +216,24 @@ async def _reply(bg: Client, args: argparse.Namespace) -> None:
             if args.json or args.verbose:
                 _show(msg, n, args.json, False)
             if msg.reply_to:
-                await msg.respond(msg.data if fixed is None else fixed, _headers(args.header))
+                await msg.respond(msg.data if fixed is None else fixed, headers)
             if args.count and n >= args.count:
                 await bg.flush()
                 return
 
-    await _until_signal(asyncio.ensure_future(work()))
+    return await signals.until(asyncio.ensure_future(work()))
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="busgate-cli", description="Publish, subscribe, request and reply on a busgate gateway.")
-    p.add_argument("--url", default=os.environ.get("BUSGATE_URL", DEFAULT_URL),
-                   help="gateway URL: busgate://, busgate+tls://, ws://, wss:// (default $BUSGATE_URL or %(default)s)")
-    p.add_argument("--token", default=os.environ.get("BUSGATE_TOKEN"), help="tenant token (default $BUSGATE_TOKEN)")
+    p = argparse.ArgumentParser(prog="busgate-cli", description="Publish, subscribe, request and reply on a busgate gateway.",
+                                epilog=X.epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"busgate-cli {version()}")
+    p.add_argument("--url", default=None,
+                   help="gateway URL: busgate://, busgate+tls://, ws://, wss:// "
+                        f"(default $BUSGATE_URL, else the context's, else {DEFAULT_URL})")
+    p.add_argument("--token", default=None, help="tenant token (default $BUSGATE_TOKEN, else the context's)")
+    p.add_argument("--context", default=None, metavar="NAME",
+                   help="use the context NAME (default $BUSGATE_CONTEXT, else the selected one)")
     p.add_argument("--name", default=None, help="client name shown by the gateway")
     p.add_argument("--ws-json", action="store_true", help="on ws:// URLs, use the busgate.v1.json subprotocol")
     sp = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -230,6 +289,9 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--count", type=int, default=0, help="exit after this many requests (0: never)")
     rep.add_argument("--json", action="store_true", help="print each request as a JSON object")
     rep.add_argument("-v", "--verbose", action="store_true", help="print each request")
+
+    cli_bench.add_parser(sp)
+    cli_context.add_parser(sp)
     return p
 
 
@@ -239,17 +301,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "sub" and args.durable is None and (
             args.settle != "ack" or args.max_inflight is not None or args.deliver is not None):
         p.error("--no-ack, --nak, --term, --max-inflight and --deliver need --durable")
+    if args.cmd == "bench":
+        cli_bench.check(p, args)
+    reporter = X.Reporter()
+    raised: BaseException | None = None
+    code = X.OK
     try:
-        code = asyncio.run(_run(args))
+        if args.cmd == "context":
+            return cli_context.run(args)
+        url, token = cli_context.resolve(args, DEFAULT_URL)
+        code = asyncio.run(_run(args, url, token, reporter))
     except KeyboardInterrupt:
-        code = 130
-    except E.BusgateError as e:
-        print(f"busgate-cli: {e}", file=sys.stderr)
-        code = 1
-    except OSError as e:
-        print(f"busgate-cli: {e}", file=sys.stderr)
-        code = 1
-    return code
+        return X.INTERRUPTED
+    except BrokenPipeError:  # the reader of stdout went away (| head -1): stop quietly, like SIGPIPE
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return X.BROKEN_PIPE
+    except Exception as e:  # busgate errors, ServiceError, UsageError, OSError, ...: one line each
+        raised = e
+    final = reporter.finish(raised)
+    return final if final != X.OK else code
 
 
 if __name__ == "__main__":

@@ -1493,6 +1493,8 @@ class Client:
         safety = effective / 1000.0 + max(1.0, effective / 10000.0)
         try:
             return await asyncio.wait_for(fut, safety)
+        except E.Timeout:
+            raise  # the gateway's RES REQUEST_TIMEOUT (E.Timeout is also a TimeoutError)
         except asyncio.TimeoutError:
             raise E.Timeout(f"no RES for {subject!r} within {safety:.1f} s") from None
         finally:

@@ -112,13 +112,14 @@ def test_cli_req_and_reply(url):
 
 
 def test_cli_errors_and_usage(url):
+    # exit codes (busgate.cli_exit): 3 no responders, 5 auth, 1 any other busgate error; each error once
     r = run_cli(url, "req", "cli.nobody", "x", "--timeout", "2")
-    assert r.returncode == 1 and "NO_RESPONDERS (500)" in r.stderr
+    assert r.returncode == 3 and r.stderr.count("NO_RESPONDERS (500)") == 1 and r.stdout == ""
     r = run_cli(url, "pub", "bad..subject", "x")
-    assert r.returncode == 1 and "INVALID_SUBJECT" in r.stderr
+    assert r.returncode == 1 and r.stderr.count("INVALID_SUBJECT") == 1
     r = subprocess.run([*CLI, "--url", url, "--token", "wrong-token", "pub", "a", "b"], capture_output=True,
                        text=True, env=python_env(), timeout=20)
-    assert r.returncode == 1 and "AUTH_FAILED" in r.stderr
+    assert r.returncode == 5 and r.stderr == "busgate-cli: AUTH_FAILED (201): the token was not accepted\n"
     r = subprocess.run([*CLI, "frobnicate"], capture_output=True, text=True, env=python_env(), timeout=20)
     assert r.returncode == 2
 
