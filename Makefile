@@ -13,7 +13,7 @@ endif
 FUZZ_SECONDS ?= 20
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 
-.PHONY: all bootstrap build run test test-cpp test-python test-go test-asan test-tsan conformance conformance-local \
+.PHONY: all bootstrap build run test test-cpp test-python test-go test-deploy test-asan test-tsan conformance conformance-local \
         fuzz vectors bench bench-quick clean
 
 all: build
@@ -44,12 +44,24 @@ fuzz: bootstrap
 # The kill -9 runner test (clients/python) runs DURABLE_JOBS jobs on each bus and checks none is lost.
 DURABLE_JOBS ?= 10000
 test-python: build
-	python3 -m pip install -q -e 'clients/python[ws]'
+	python3 -m pip install -q -e 'clients/python[ws,program]'
 	BUSGATE_BIN=$(abspath $(BUILD_DIR))/bin/busgate BUSGATE_DURABLE_JOBS=$(DURABLE_JOBS) \
 	  python3 -m pytest clients/python/tests -q
 
 test-go: build
 	cd clients/go && BUSGATE_BIN=$(abspath $(BUILD_DIR))/bin/busgate $(GO) test -race -count=1 ./...
+
+# The Helm charts (deploy/helm), validated offline: helm lint --strict and helm template over their
+# default and example values, kubernetes-validate --strict, the custom resources' documented fields,
+# the rendered gateway configuration on the real gateway, and the forecast program's commands run as
+# the program chart deploys them (deploy/tests). helm is built from the Go module proxy into
+# $(BUILD_DIR)/tools/bin the first time (about 2 minutes).
+HELM_VERSION ?= v3.16.3
+HELM ?= $(abspath $(BUILD_DIR))/tools/bin/helm
+test-deploy: build
+	@test -x $(HELM) || { echo "building helm $(HELM_VERSION)"; GOBIN=$(dir $(HELM)) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); }
+	python3 -m pip install -q -e 'clients/python[ws,program]' kubernetes-validate
+	HELM=$(HELM) BUSGATE_BIN=$(abspath $(BUILD_DIR))/bin/busgate python3 -m pytest deploy/tests -q
 
 # The conformance suite against any gateway: make conformance URL=tcp://H:P WS_URL=ws://H:P/v1/ws REPORT=dir
 URL ?=
@@ -90,7 +102,7 @@ test-tsan: bootstrap
 	JOBS=$(JOBS) scripts/sanitize tsan $(TSAN_DIR)
 
 SANITIZER_RUNS := $(if $(SKIP_SANITIZERS),,test-asan test-tsan)
-test: vectors test-cpp test-python test-go conformance-local fuzz $(SANITIZER_RUNS)
+test: vectors test-cpp test-python test-go test-deploy conformance-local fuzz $(SANITIZER_RUNS)
 
 clean:
 	rm -rf $(BUILD_DIR) $(FUZZ_DIR) $(ASAN_DIR) $(TSAN_DIR)

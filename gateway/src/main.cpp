@@ -6,6 +6,7 @@
 
 #include "accept_backoff.hpp"
 #include "config.hpp"
+#include "config_check.hpp"
 #include "logging.hpp"
 #include "server.hpp"
 
@@ -16,7 +17,7 @@ int main(int argc, char** argv) {
                "With no --config it runs the embedded default: memory bus and a 'demo' tenant on localhost."};
   app.set_version_flag("--version", "busgate 0.1.0");
   std::string config_path, check_path, tcp, http, tls, https, tls_cert, tls_key, tls_client_ca, log_format, log_level,
-      hash_token, nats_url;
+      hash_token, nats_url, node_id;
   bool dev = false;
   unsigned threads = 0;
   app.add_flag("--dev", dev, "Run the embedded default (memory bus, tenant 'demo', token 'dev-token') even if "
@@ -31,6 +32,7 @@ int main(int argc, char** argv) {
   app.add_option("--tls-key", tls_key, "PEM private key for --tls and --https");
   app.add_option("--tls-client-ca", tls_client_ca, "PEM CA bundle: require client certificates signed by it (mTLS)");
   app.add_option("--nats", nats_url, "Use a NATS bus at this URL (overrides bus: in the config)");
+  app.add_option("--node-id", node_id, "This node's id (overrides node_id: in the config; unique per node)");
   app.add_option("--threads", threads, "I/O threads (default: one per core)");
   app.add_option("--log-format", log_format, "Log format: text or json")->check(CLI::IsMember({"text", "json"}));
   app.add_option("--log-level", log_level, "Log level: trace, debug, info, warn, error, off");
@@ -70,6 +72,11 @@ int main(int argc, char** argv) {
     if (!nats_url.empty()) {
       cfg.bus.kind = "nats";
       cfg.bus.servers = {nats_url};
+    }
+    if (!node_id.empty()) {
+      if (!valid_node_id(node_id))
+        throw ConfigError("--node-id: must be 1 to 64 letters, digits, '-' and '_' (it is a token of bus subjects)");
+      cfg.node_id = node_id;
     }
     if (threads) cfg.threads = threads;
     if (!log_format.empty()) cfg.log_format = log_format;
