@@ -12,6 +12,7 @@
 
 #include "busgate/protocol/subject.hpp"
 #include "config_check.hpp"
+#include "config_secret.hpp"
 #include "tenancy.hpp"
 
 namespace busgate::gw {
@@ -47,6 +48,12 @@ T get_num(const YAML::Node& n, const std::string& key, T lo, T hi) {
 std::string get_str(const YAML::Node& n, const std::string& key) {
   if (!n.IsScalar()) fail(key, "must be a string");
   return n.as<std::string>();
+}
+
+bool get_bool(const YAML::Node& n, const std::string& key) {
+  bool v = false;
+  if (!n.IsScalar() || !YAML::convert<bool>::decode(n, v)) fail(key, "must be true or false");
+  return v;
 }
 
 std::vector<std::string> get_str_list(const YAML::Node& n, const std::string& key) {
@@ -224,18 +231,17 @@ TenantConfig parse_tenant(const YAML::Node& n, const std::string& key) {
   if (t.name.empty() || proto::validate_subject(t.name, false) != proto::Code::ok || t.name.find('.') != std::string::npos)
     fail(key + ".name", "must be one subject token (letters, digits, '-', '_')");
   if (n["tokens_sha256"]) {
-    t.token_sha256 = get_str_list(n["tokens_sha256"], key + ".tokens_sha256");
-    for (size_t i = 0; i < t.token_sha256.size(); ++i) {
-      auto& h = t.token_sha256[i];
+    for (auto& v : resolve_secret_list(n["tokens_sha256"], key + ".tokens_sha256")) {
+      auto& h = v.text;
       std::transform(h.begin(), h.end(), h.begin(), [](char c) { return static_cast<char>(std::tolower(c)); });
-      if (!is_hex_digest(h))
-        fail(key + ".tokens_sha256[" + std::to_string(i) + "]", "must be a 64-hex-digit SHA-256 digest");
+      if (!is_hex_digest(h)) secret_error(v, "must be a 64-hex-digit SHA-256 digest");
+      t.token_sha256.push_back(h);
     }
   }
   if (n["tokens"]) {  // plain tokens are hashed at load; only the digest is kept in memory
-    for (const auto& tok : get_str_list(n["tokens"], key + ".tokens")) {
-      if (tok.size() < 8) fail(key + ".tokens", "tokens must be at least 8 characters");
-      t.token_sha256.push_back(sha256_hex(tok));
+    for (const auto& v : resolve_secret_list(n["tokens"], key + ".tokens")) {
+      if (v.text.size() < 8) secret_error(v, "tokens must be at least 8 characters");
+      t.token_sha256.push_back(sha256_hex(v.text));
     }
   }
   if (t.token_sha256.empty()) fail(key + ".tokens_sha256", "at least one token digest is required");
@@ -332,7 +338,8 @@ GatewayConfig parse_config(const std::string& text) {
   if (!root || root.IsNull()) throw ConfigError("(top level): the configuration is empty");
   try {
     only_keys(root, "",
-              {"node_id", "listen", "tls", "threads", "log", "timeouts", "limits", "admin", "bus", "tenants"});
+              {"node_id", "listen", "tls", "threads", "log", "timeouts", "limits", "admin", "debug_console", "bus",
+               "tenants"});
     if (root["node_id"]) {
       c.node_id = get_str(root["node_id"], "node_id");
       if (!valid_node_id(c.node_id))
@@ -360,6 +367,7 @@ GatewayConfig parse_config(const std::string& text) {
     }
     if ((c.tls || c.https) && !c.tls_files.enabled())
       fail(c.tls ? "listen.tls" : "listen.https", "needs tls.cert_file and tls.key_file");
+    if (root["debug_console"]) c.debug_console = get_bool(root["debug_console"], "debug_console");
     if (root["threads"]) c.threads = get_num<unsigned>(root["threads"], "threads", 0, 256);
     if (const auto l = root["log"]) {
       only_keys(l, "log", {"level", "format"});
@@ -419,19 +427,24 @@ GatewayConfig parse_config(const std::string& text) {
     if (const auto a = root["admin"]) {
       only_keys(a, "admin", {"token_sha256", "token"});
       if (a["token_sha256"]) {
-        c.admin_token_sha256 = get_str(a["token_sha256"], "admin.token_sha256");
-        if (!is_hex_digest(c.admin_token_sha256)) fail("admin.token_sha256", "must be a 64-hex-digit SHA-256 digest");
+        const auto v = resolve_secret(a["token_sha256"], "admin.token_sha256");
+        if (!is_hex_digest(v.text)) secret_error(v, "must be a 64-hex-digit SHA-256 digest");
+        c.admin_token_sha256 = v.text;
       }
-      if (a["token"]) c.admin_token_sha256 = sha256_hex(get_str(a["token"], "admin.token"));
+      if (a["token"]) {  // an empty token would open the admin API to "Authorization: Bearer "
+        const auto v = resolve_secret(a["token"], "admin.token");
+        if (v.text.empty()) fail("admin.token", "must not be empty (leave admin out to disable the admin API)");
+        c.admin_token_sha256 = sha256_hex(v.text);
+      }
     }
     if (const auto b = root["bus"]) {
       only_keys(b, "bus", {"kind", "servers", "user", "password", "token", "creds_file", "tls", "name"});
       if (b["kind"]) c.bus.kind = get_str(b["kind"], "bus.kind");
       if (c.bus.kind != "memory" && c.bus.kind != "nats") fail("bus.kind", "must be 'memory' or 'nats'");
       if (b["servers"]) c.bus.servers = get_str_list(b["servers"], "bus.servers");
-      if (b["user"]) c.bus.user = get_str(b["user"], "bus.user");
-      if (b["password"]) c.bus.password = get_str(b["password"], "bus.password");
-      if (b["token"]) c.bus.token = get_str(b["token"], "bus.token");
+      if (b["user"]) c.bus.user = resolve_secret(b["user"], "bus.user").text;
+      if (b["password"]) c.bus.password = resolve_secret(b["password"], "bus.password").text;
+      if (b["token"]) c.bus.token = resolve_secret(b["token"], "bus.token").text;
       if (b["creds_file"]) {
         c.bus.creds_file = get_str(b["creds_file"], "bus.creds_file");
         load_nats_creds(c.bus.creds_file);  // a missing or malformed file is a configuration error

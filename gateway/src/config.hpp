@@ -126,6 +126,7 @@ struct GatewayConfig {
   uint32_t drain_timeout_ms = 10000;
   uint32_t goaway_delay_ms = 5000;
   std::string admin_token_sha256;
+  bool debug_console = true;  // false: GET /debug answers 404
   BusConfig bus;
   std::vector<TenantConfig> tenants;
 };
