@@ -6,43 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest
-import yaml
 
 from conftest import CHARTS, ROOT, template
+from procs import http_get, start_gateway, start_program, stop, wait_for
 
-EXAMPLES = ROOT / "clients" / "python" / "examples"
 TOKEN = "forecasting-dev-token"  # documented in deploy/gateway.example.yaml
 ADMIN = "admin-dev-token"
-
-
-def http_get(url: str, token: str | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError as e:
-        return 0, str(e)
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def metric_names(exposition: str) -> set[str]:
@@ -67,22 +39,10 @@ def sample_sum(exposition: str, name: str, **labels: str) -> float:
 @pytest.fixture(scope="module")
 def gateway(busgate_bin, tmp_path_factory):
     d = tmp_path_factory.mktemp("gw")
-    log = d / "log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen([busgate_bin, "--config", str(ROOT / "deploy/gateway.example.yaml"),
-                                 "--node-id", "gw-compose-1", "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                                 "--log-format", "text"], stdout=f, stderr=subprocess.STDOUT)
-
-    def ready():
-        t = log.read_text()
-        assert proc.poll() is None, t
-        return t if "ready (bus" in t else None
-    text = wait_for(ready, 20, "the gateway")
-    tcp = re.search(r"tcp listening on ([\d.]+:\d+)", text).group(1)
-    http = re.search(r"http listening on ([\d.]+:\d+)", text).group(1)
+    proc, tcp, http = start_gateway(busgate_bin, ["--config", str(ROOT / "deploy/gateway.example.yaml"),
+                                                  "--node-id", "gw-compose-1"], d / "log")
     yield {"tcp": tcp, "http": http, "proc": proc}
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop(proc)
 
 
 def rendered_commands(helm) -> dict[str, dict]:
@@ -99,33 +59,11 @@ def start_runner(container: dict, gw: dict, tmp_path, name: str):
     """The container's command line, with python as this interpreter, the example on the path, and
     the environment the chart gives it (the gateway address, token and HTTP port made local)."""
     assert container["command"] == ["python"]
-    env = dict(os.environ)
-    for e in container["env"]:
-        if "value" in e:
-            env[e["name"]] = e["value"]
-    env.update(BUSGATE_URL=f"busgate://{gw['tcp']}", BUSGATE_TOKEN=TOKEN, BUSGATE_PROGRAM_HTTP="127.0.0.1:0")
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert "BUSGATE_TOKEN" in {e["name"] for e in container["env"]}
-    log = tmp_path / f"{name}.log"
-    f = open(log, "w")
-    proc = subprocess.Popen([sys.executable, *container["args"]], cwd=EXAMPLES, env=env, stdout=f,
-                            stderr=subprocess.STDOUT)
-
-    def address():
-        for line in log.read_text().splitlines():
-            if '"program.http"' in line:
-                return json.loads(line)["address"]
-        assert proc.poll() is None, log.read_text()
-        return None
-    addr = wait_for(address, 20, f"{name}'s HTTP address")
-    return proc, addr, log
-
-
-def stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(timeout=40)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    env.update(BUSGATE_URL=f"busgate://{gw['tcp']}", BUSGATE_TOKEN=TOKEN)
+    proc, addr = start_program(container["args"], env, tmp_path / f"{name}.log")
+    return proc, addr, None
 
 
 def test_the_forecast_commands_run_as_the_chart_deploys_them(helm, gateway, tmp_path):
