@@ -49,7 +49,9 @@ def test_production_values_render_the_monitoring_and_availability_objects(helm):
     assert cfg["bus"]["kind"] == "nats" and len(cfg["bus"]["servers"]) == 3
     assert cfg["bus"]["password"] == {"file": "/etc/busgate/secrets/nats-password"}
     assert cfg["admin"] == {"token": {"file": "/etc/busgate/secrets/admin-token"}}
-    assert objs.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    pdb = objs.one("PodDisruptionBudget")["spec"]
+    # one pod at a time, but pods that are not ready (NATS down) never block a node drain
+    assert pdb["maxUnavailable"] == 1 and pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     hpa = objs.one("HorizontalPodAutoscaler")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 8)
     assert "replicas" not in objs.one("Deployment")["spec"]  # the HPA owns it
@@ -75,12 +77,16 @@ def test_the_pod_is_locked_down_probed_and_outlives_its_drain(helm):
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["readinessProbe"]["failureThreshold"] >= 2
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["lifecycle"]["preStop"]["exec"]["command"] == ["/bin/sleep", "7"]
     # preStop + drain + margin: Kubernetes never kills a pod that is still draining
     assert pod["terminationGracePeriodSeconds"] > 7 + 45
-    assert "resources" in c and c["resources"]["limits"]["memory"]
+    # the queue budget fits in the memory limit, so a full budget cannot get the pod killed
+    cfg = yaml.safe_load(objs.one("ConfigMap", "rel-busgate")["data"]["gateway.yaml"])
+    assert c["resources"]["limits"]["memory"] == "1Gi"
+    assert cfg["limits"]["max_queued_bytes"] + 100 * 2**20 <= 2**30
+    assert cfg["threads"] == 2
 
 
 def test_plain_tokens_go_to_the_secret_never_to_the_configmap(helm):
@@ -108,6 +114,12 @@ def test_plain_tokens_go_to_the_secret_never_to_the_configmap(helm):
     (["--set", "config.listen.tcp=0.0.0.0:1"], "config.listen is written by the chart"),
     (["--set", "nats.servers[0]=nats://n:4222", "--set", "nats.auth=kerberos"], "nats.auth must be"),
     (["--set", "tenants=null"], "tenants must list at least one tenant"),
+    (["--set", "tenants[0].name=a", "--set", "tenants[0].tokens[0].env=A_TOKEN"], "must be a plain token string"),
+    (["--set", "secrets.existingSecret=s", "--set", "tenants[0].name=a", "--set", "tenants[0].tokens[0]=aaaaaaaaaa"],
+     "would be ignored with secrets.existingSecret"),
+    (["--set", "config.timeouts.drain_ms=3000"], "goaway_delay_ms must not be above"),
+    (["--set", "nats.servers[0]=nats://n:4222", "--set", "nats.auth=userPassword", "--set", "nats.user=u"],
+     "needs nats.password"),
 ])
 def test_values_that_would_break_the_cluster_are_refused_with_the_reason(helm, args, message):
     assert message in template_error(helm, CHART, *args)

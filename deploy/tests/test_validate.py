@@ -65,3 +65,11 @@ def test_the_schemas_catch_a_misspelt_field():
             "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "up", "for": "1m", "severity": "x"}]}]}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(rule, SCHEMAS["PrometheusRule"])
+
+
+def test_the_dashboard_is_what_its_generator_writes():
+    gen = CHARTS / "busgate" / "dashboards" / "generate.py"
+    r = subprocess.run([sys.executable, str(gen)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (CHARTS / "busgate" / "dashboards" / "busgate.json").read_text(), \
+        "busgate.json differs from generate.py's output: regenerate it"

@@ -29,8 +29,15 @@ app.kubernetes.io/part-of: busgate
 {{- end -}}
 
 {{/* command object name: <fullname>-<command>, DNS-1123 */}}
+{{/* Names longer than 52 (CronJob names) are cut and given a hash of the whole, so two long
+commands never share an object name. */}}
 {{- define "program.commandName" -}}
-{{- printf "%s-%s" (include "program.fullname" .root) .name | lower | replace "_" "-" | trunc 52 | trimSuffix "-" -}}
+{{- $full := printf "%s-%s" (include "program.fullname" .root) .name | lower | replace "_" "-" -}}
+{{- if le (len $full) 52 -}}
+{{- $full -}}
+{{- else -}}
+{{- printf "%s-%s" ($full | trunc 45 | trimSuffix "-") ($full | sha256sum | trunc 6) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "program.validate" -}}
@@ -39,6 +46,9 @@ app.kubernetes.io/part-of: busgate
 {{- end -}}
 {{- if not .Values.program.module -}}
 {{- fail "busgate-program: program.module is required (python -m <module>)" -}}
+{{- end -}}
+{{- if and .Values.gateway.existingSecret .Values.gateway.token -}}
+{{- fail "busgate-program: gateway.token would be ignored with gateway.existingSecret: set one of them" -}}
 {{- end -}}
 {{- if and (not .Values.gateway.existingSecret) (not .Values.gateway.token) (gt (len .Values.commands) 0) -}}
 {{- fail "busgate-program: set gateway.existingSecret (a Secret with the tenant token) or gateway.token" -}}
@@ -101,4 +111,18 @@ app.kubernetes.io/part-of: busgate
   resources: {{- toYaml (.c.resources | default $v.resources) | nindent 4 }}
   volumeMounts:
     - {name: tmp, mountPath: /tmp}
+    {{- with $v.extraVolumeMounts }}{{ toYaml . | nindent 4 }}{{ end }}
+    {{- with .c.volumeMounts }}{{ toYaml . | nindent 4 }}{{ end }}
+{{- end -}}
+
+{{/* The pod's volumes: .root, .c */}}
+{{- define "program.volumes" -}}
+- name: tmp
+  emptyDir: {sizeLimit: 256Mi}
+{{- with .root.Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- with .c.volumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}

@@ -33,7 +33,7 @@ app.kubernetes.io/component: gateway
 {{- end -}}
 
 {{- define "busgate.httpServiceName" -}}
-{{- printf "%s-http" (include "busgate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-http" (include "busgate.fullname" . | trunc 58 | trimSuffix "-") -}}
 {{- end -}}
 
 {{/* The values the chart refuses, with the reason. */}}
@@ -60,6 +60,28 @@ app.kubernetes.io/component: gateway
 {{- if not $t.name -}}
 {{- fail (printf "busgate: tenants[%d].name is required" $i) -}}
 {{- end -}}
+{{- range $j, $tok := $t.tokens -}}
+{{- if not (kindIs "string" $tok) -}}
+{{- fail (printf "busgate: tenants[%d].tokens[%d] must be a plain token string: the chart stores it in the Secret (for a token from elsewhere use secrets.existingSecret)" $i $j) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $t.tokens $.Values.secrets.existingSecret -}}
+{{- fail (printf "busgate: tenants[%d].tokens would be ignored with secrets.existingSecret: put them in that Secret under tenant-%s-tokens" $i $t.name) -}}
+{{- end -}}
+{{- end -}}
+{{- $t := .Values.config.timeouts | default dict -}}
+{{- if gt (int ($t.goaway_delay_ms | default 5000)) (int ($t.drain_ms | default 10000)) -}}
+{{- fail "busgate: config.timeouts.goaway_delay_ms must not be above config.timeouts.drain_ms (the gateway refuses it)" -}}
+{{- end -}}
+{{- if and .Values.nats.servers (not .Values.secrets.existingSecret) -}}
+{{- $need := dict "userPassword" "password" "token" "token" "creds" "creds" -}}
+{{- $key := get $need .Values.nats.auth -}}
+{{- if and $key (not (get .Values.nats $key)) -}}
+{{- fail (printf "busgate: nats.auth %s needs nats.%s (or secrets.existingSecret with key nats-%s)" .Values.nats.auth $key $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.secrets.existingSecret (or .Values.nats.password .Values.nats.token .Values.nats.creds .Values.secrets.adminToken) -}}
+{{- fail "busgate: nats.password/token/creds and secrets.adminToken would be ignored with secrets.existingSecret: put them in that Secret" -}}
 {{- end -}}
 {{- end -}}
 
