@@ -129,12 +129,23 @@ int64_t metric(const std::string& url, const std::string& name) {
     }
   }
   close(fd);
-  const auto at = got.find("\n" + name + " ");
-  if (at == std::string::npos) return -1;
-  const char* p = got.c_str() + at + name.size() + 2;
-  char* end = nullptr;
-  const long long v = std::strtoll(p, &end, 10);
-  return end != p && *end == '\n' ? v : -1;  // a whole line, not one cut short
+  // The sum over every series of the counter (`name N` and `name{labels} N`), counting only whole
+  // lines, so an answer cut short is not read as a smaller figure.
+  int64_t sum = 0;
+  bool found = false;
+  for (size_t at = got.find("\n" + name); at != std::string::npos; at = got.find("\n" + name, at + 1)) {
+    const size_t after = at + 1 + name.size();
+    if (after >= got.size() || (got[after] != ' ' && got[after] != '{')) continue;  // a longer name
+    const size_t eol = got.find('\n', after);
+    if (eol == std::string::npos) return -1;
+    const size_t sp = got.rfind(' ', eol);
+    char* end = nullptr;
+    const long long v = std::strtoll(got.c_str() + sp + 1, &end, 10);
+    if (end != got.c_str() + eol) return -1;
+    sum += v;
+    found = true;
+  }
+  return found ? sum : -1;
 }
 
 constexpr const char* kCutOffs = "busgate_slow_consumer_disconnects_total";

@@ -10,7 +10,9 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "accept_backoff.hpp"
+#include "admin_cluster.hpp"
 #include "http_server.hpp"
+#include "log_text.hpp"
 #include "durable.hpp"
 #include "memory_bus.hpp"
 #include "session.hpp"
@@ -45,6 +47,7 @@ std::unique_ptr<Bus> make_bus(const GatewayConfig& cfg);  // bus_factory.cpp
 Server::Server(GatewayConfig cfg, std::string config_path)
     : cfg_(std::move(cfg)), config_path_(std::move(config_path)) {
   registry_.load(cfg_.tenants);
+  metrics_.latency_bounds_us = latency_bounds_us(cfg_.max_request_timeout_ms);
   unsigned n = cfg_.threads ? cfg_.threads : std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < n; ++i) contexts_.push_back(std::make_unique<asio::io_context>(1));
   impl_ = std::make_unique<Impl>(*contexts_[0]);
@@ -80,6 +83,7 @@ void Server::teardown() {
   std::unique_ptr<asio::ssl::context> tls = impl_ ? std::move(impl_->tls) : nullptr;
   http_.reset();
   impl_.reset();
+  admin_.reset();  // unsubscribes from the bus; its timers belong to context 0
   // 3. The bus, its threads joined. Until they are, a delivery may still be posted to a session's
   //    context: stopped, it queues the handler and never runs it.
   bus_.reset();
@@ -135,6 +139,8 @@ const void* current_io_context() { return t_current_context; }
 
 int Server::run() {
   try {
+    admin_ = std::make_shared<AdminCluster>(*this, *contexts_[0]);
+    admin_->start();
     start_tcp();
     if (cfg_.http || cfg_.https) {
       http_ = std::make_unique<HttpServer>(*this, *contexts_[0]);
@@ -210,6 +216,28 @@ std::vector<std::shared_ptr<Session>> Server::sessions() const {
   for (const auto& [id, w] : sessions_)
     if (auto s = w.lock()) out.push_back(std::move(s));
   return out;
+}
+
+std::shared_ptr<Session> Server::find_session(uint64_t id) const {
+  std::lock_guard lk(sessions_mu_);
+  auto it = sessions_.find(id);
+  return it == sessions_.end() ? nullptr : it->second.lock();
+}
+
+void Server::add_refusal(const Refusal& r) {
+  refusals_.add(r);
+  spdlog::info("refusal {} set: {} '{}' of tenant {} for {} ms (connection {})", r.id, by_name(r.by),
+               r.by == Refusal::By::token ? r.value.substr(0, 16) : log_text(r.value, 160), r.tenant,
+               std::chrono::duration_cast<std::chrono::milliseconds>(r.until - std::chrono::steady_clock::now()).count(),
+               r.connection);
+  if (admin_) admin_->publish_refusal(r);
+}
+
+bool Server::lift_refusal(const std::string& id) {
+  const bool had = refusals_.remove(id);
+  if (had) spdlog::info("refusal {} lifted", id);
+  if (admin_) admin_->publish_lift(id);  // another node may hold it even when this one does not
+  return had;
 }
 
 bool Server::close_session(uint64_t id) {

@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "admin_refusals.hpp"
 #include "auth_throttle.hpp"
 #include "bus.hpp"
 #include "config.hpp"
@@ -31,6 +32,7 @@ namespace busgate::gw {
 
 class Session;
 class HttpServer;
+class AdminCluster;
 
 // The io_context (as its execution_context) that the calling thread runs; nullptr on other threads.
 const void* current_io_context();
@@ -67,6 +69,14 @@ class Server {
   void begin_drain();
   // Closes a connection by session number (admin API); false when there is none.
   bool close_session(uint64_t id);
+  std::shared_ptr<Session> find_session(uint64_t id) const;
+  // Clients an operator refuses for a while (admin API). add_refusal() and lift_refusal() also tell
+  // the other nodes on the bus.
+  RefusalList& refusals() { return refusals_; }
+  void add_refusal(const Refusal& r);
+  bool lift_refusal(const std::string& id);
+  // The admin API across nodes (admin_cluster.hpp); null before run().
+  AdminCluster* admin_cluster() { return admin_.get(); }
 
  private:
   void start_tcp();
@@ -81,6 +91,7 @@ class Server {
   // Before the registry: the tenants' delivery lanes report into it until they are destroyed.
   ByteBudget queued_budget_{cfg_.max_queued_bytes};
   AuthThrottle auth_throttle_{cfg_.auth_failures_burst, cfg_.auth_failures_per_sec};
+  RefusalList refusals_{cfg_.node_id};
   TenantRegistry registry_;
   Metrics metrics_;
   // Declared in reverse teardown order (members are destroyed last to first), which teardown()
@@ -90,6 +101,7 @@ class Server {
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::unique_ptr<HttpServer> http_;
+  std::shared_ptr<AdminCluster> admin_;  // its timers live in contexts_[0]
   std::vector<std::thread> threads_;
   std::atomic<size_t> rr_{0};
 

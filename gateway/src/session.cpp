@@ -161,6 +161,15 @@ void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
     server_.metrics().auth_failures.fetch_add(1, std::memory_order_relaxed);
     return fatal(Code::auth_failed, "the token was not accepted", 1);
   }
+  if (auto refused = server_.refusals().match(auth->tenant->name(), h.name ? h.name->substr(0, 128) : std::string_view{},
+                                              address, auth->digest, now)) {
+    server_.metrics().admin_refused.fetch_add(1, std::memory_order_relaxed);
+    const auto left_ms = std::chrono::duration_cast<std::chrono::milliseconds>(refused->until - now).count();
+    return fatal(Code::closed_by_admin,
+                 "refused by an operator for another " + std::to_string((left_ms + 999) / 1000) + " s (refusal " +
+                     refused->id + ", by " + by_name(refused->by) + ")",
+                 1);
+  }
   if (server_.draining()) return fatal(Code::shutting_down, "the gateway is shutting down", 1);
   if (!auth->tenant->try_acquire_connection())
     return fatal(Code::too_many_connections, "tenant '" + auth->tenant->name() + "' reached its connection limit", 1);
@@ -168,7 +177,9 @@ void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
   {
     std::lock_guard lk(meta_mu_);  // info() reads them from other threads
     tenant_ = auth->tenant;
+    tenant_metrics_.store(&tenant_->metrics, std::memory_order_release);
     if (h.name) client_name_ = std::string(h.name->substr(0, 128));
+    token_digest_ = std::move(auth->digest);
   }
   {
     const auto& g = server_.config();
@@ -177,7 +188,6 @@ void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
     std::lock_guard lk(out_mu_);
     budget_.attach(&tenant_->queued_budget(g.max_tenant_queued_bytes), &server_.queued_budget());
   }
-  token_digest_ = std::move(auth->digest);
   const TenantConfig& c = cfg();
 
   const auto& gc = server_.config();
@@ -219,7 +229,7 @@ void Session::on_hello(const proto::Hello& h, const proto::DecodeResult& r) {
 
 void Session::fatal(Code code, std::string_view message, uint64_t ref_op) {
   if (state_.load() == State::closed || closing_) return;
-  server_.metrics().count_error(code);
+  tenant_metrics().count_error(code);
   if (close_reason_.empty()) close_reason_ = std::string(proto::code_name(code)) + ": " + std::string(message);
   close_code_ = code;
   {
@@ -410,6 +420,21 @@ std::vector<Session::SubInfo> Session::subscriptions() const {
   std::lock_guard lk(subs_mu_);
   for (const auto& [sid, st] : subs_) out.push_back({sid, st->subject, st->queue, st->mapping.bus_subject});
   return out;
+}
+
+Session::ClientKey Session::client_key() const {
+  ClientKey k;
+  k.address = std::string(address_of(remote_));
+  std::lock_guard lk(meta_mu_);
+  if (tenant_) k.tenant = tenant_->name();
+  k.name = client_name_;
+  k.token_digest = token_digest_;
+  return k;
+}
+
+TenantMetrics& Session::tenant_metrics() const {
+  TenantMetrics* t = tenant_metrics_.load(std::memory_order_acquire);
+  return t ? *t : server_.metrics().unauthenticated;
 }
 
 Session::Info Session::info() const {

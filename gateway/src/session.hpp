@@ -68,8 +68,16 @@ class Session : public std::enable_shared_from_this<Session>, public LaneConsume
     std::string subject, queue, bus_subject;
   };
   std::vector<SubInfo> subscriptions() const;
+  // What a refusal of this client matches (admin_refusals.hpp): its tenant, client name, remote
+  // address and the digest of the token it authenticated with (empty before HELLO).
+  struct ClientKey {
+    std::string tenant, name, address, token_digest;
+  };
+  ClientKey client_key() const;
   uint64_t id() const { return id_; }
   State state() const { return state_.load(); }
+  // The tenant's counters once authenticated, the node's unauthenticated ones before (any thread).
+  TenantMetrics& tenant_metrics() const;
 
  private:
   struct SubState;
@@ -167,6 +175,7 @@ class Session : public std::enable_shared_from_this<Session>, public LaneConsume
 
   mutable std::mutex meta_mu_;  // guards tenant_ and client_name_ against info() on other threads
   std::shared_ptr<TenantState> tenant_;
+  std::atomic<TenantMetrics*> tenant_metrics_{nullptr};  // &tenant_->metrics, set at HELLO
   std::shared_ptr<const TenantConfig> cfg_;
   uint64_t cfg_gen_ = 0;
   std::string token_digest_;

@@ -109,7 +109,7 @@ void Session::lane_overflow(size_t backlog_bytes) {
       std::lock_guard lk(self->out_mu_);
       lane.swap(self->lane_waiting_);
       if (self->out_.mark_slow()) {
-        self->server_.metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
+        self->tenant_metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
       }
     }
     self->fatal(Code::slow_consumer, "the client did not read fast enough: " + std::to_string(backlog_bytes) +
@@ -128,7 +128,7 @@ bool Session::admit_locked(size_t extra) {
   switch (out_.admit(extra)) {
     case OutboundQueue::Admit::over:
       if (out_.mark_slow()) {
-        server_.metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
+        tenant_metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
         asio::post(ex_, [self = shared_from_this()] {
           self->fatal(Code::slow_consumer, "the client did not read fast enough: outbound queue passed " +
                                                std::to_string(self->out_.max_pending()) + " bytes");
@@ -138,7 +138,7 @@ bool Session::admit_locked(size_t extra) {
     case OutboundQueue::Admit::warn:
       proto::encode_err_framed(out_.buf(), Code::slow_consumer_warning,
                                "outbound queue passed half of " + std::to_string(out_.max_pending()) + " bytes");
-      server_.metrics().count_error(Code::slow_consumer_warning);
+      tenant_metrics().count_error(Code::slow_consumer_warning);
       return true;
     default: return true;
   }
@@ -146,7 +146,7 @@ bool Session::admit_locked(size_t extra) {
 
 void Session::over_budget_locked(const char* which) {
   if (!out_.mark_slow()) return;
-  server_.metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
+  tenant_metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
   server_.metrics().budget_disconnects.fetch_add(1, std::memory_order_relaxed);
   asio::post(ex_, [self = shared_from_this(), which] {
     self->fatal(Code::slow_consumer, std::string("the client did not read fast enough and the bytes queued for ") +
@@ -160,7 +160,7 @@ bool Session::control_room_locked() {
   budget_.report(out_.pending());
   if (out_.pending() <= out_.max_pending() + kControlSlack) return true;
   if (out_.mark_slow()) {
-    server_.metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
+    tenant_metrics().slow_consumer_disconnects.fetch_add(1, std::memory_order_relaxed);
     asio::post(ex_, [self = shared_from_this()] {
       self->fatal(Code::slow_consumer, "the client did not read its answers: outbound queue passed " +
                                            std::to_string(self->out_.max_pending()) + " bytes");
@@ -175,7 +175,7 @@ void Session::send_frame(const proto::Frame& f) {
 }
 
 void Session::send_err(Code code, std::string_view message, uint64_t ref_op, uint64_t ref_id) {
-  server_.metrics().count_error(code);
+  tenant_metrics().count_error(code);
   std::lock_guard lk(out_mu_);
   if (control_room_locked()) proto::encode_err_framed(out_.buf(), code, message, ref_op, ref_id);
 }
@@ -186,7 +186,7 @@ void Session::send_ok(uint64_t ref_op, uint64_t ref_id) {
 }
 
 void Session::send_res(uint32_t req_id, Code status, std::string_view message) {
-  server_.metrics().count_error(status);
+  tenant_metrics().count_error(status);
   std::lock_guard lk(out_mu_);
   if (control_room_locked()) proto::encode_res_framed(out_.buf(), req_id, static_cast<uint64_t>(status), message, {});
 }

@@ -135,8 +135,7 @@ void Session::on_req(const proto::Req& q, const proto::DecodeResult& r) {
   auto msg = std::make_shared<BusMessage>(subject, std::string_view{}, headers, q.payload);
   tenant_->msgs_in.fetch_add(1, std::memory_order_relaxed);
   tenant_->bytes_in.fetch_add(q.payload.size(), std::memory_order_relaxed);
-  server_.metrics().requests_total.fetch_add(1, std::memory_order_relaxed);
-  server_.metrics().requests_inflight.fetch_add(1, std::memory_order_relaxed);
+  tenant_->metrics.requests_total.fetch_add(1, std::memory_order_relaxed);
 
   const auto now = Clock::now();
   RequestTable::Entry& inf = inflight_.add(q.req_id, now, timeout);
@@ -201,7 +200,6 @@ bool Session::answer_now(uint32_t req_id, std::atomic<int>& claim, Clock::time_p
   int expected = RequestTable::Entry::kPending;
   if (!claim.compare_exchange_strong(expected, RequestTable::Entry::kReplied)) return true;
   tenant_->release_request();
-  server_.metrics().requests_inflight.fetch_sub(1, std::memory_order_relaxed);
   {
     std::lock_guard lk(out_mu_);
     if (state_.load() == State::closed || closing_) return true;
@@ -212,7 +210,7 @@ bool Session::answer_now(uint32_t req_id, std::atomic<int>& claim, Clock::time_p
       if (!write_through_locked()) schedule_flush_locked();
     }
   }
-  server_.metrics().observe_latency_us(static_cast<uint64_t>(
+  tenant_->metrics.observe_latency_us(server_.metrics().latency_bounds_us, static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count()));
   return true;
 }
@@ -245,7 +243,7 @@ void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const B
              : status == Code::internal_error  ? "the bus answered with a status instead of a reply"
                                                : "the bus is unavailable");
   }
-  server_.metrics().observe_latency_us(static_cast<uint64_t>(
+  tenant_->metrics.observe_latency_us(server_.metrics().latency_bounds_us, static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count()));
   end_request(req_id, false);  // the request timer is not moved: it skips requests that are gone
   flush();
@@ -254,7 +252,6 @@ void Session::on_bus_reply(uint32_t req_id, uint64_t token, Code status, const B
 void Session::request_done() {
   inflight_count_.store(inflight_.size(), std::memory_order_relaxed);
   tenant_->release_request();
-  server_.metrics().requests_inflight.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void Session::encode_headers_with_tenant(const proto::Headers& h, std::string& out) const {

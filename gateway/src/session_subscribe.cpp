@@ -180,7 +180,7 @@ bool Session::queue_msg(SubState& sub, const BusMessage& m, std::string_view sub
                                "a message of " + std::to_string(n - 4) + " bytes on '" +
                                    std::string(subject.substr(0, 64)) + "' is above max_frame and was not delivered",
                                4, sub.sid);
-      server_.metrics().count_error(Code::payload_too_large);
+      tenant_metrics().count_error(Code::payload_too_large);
       schedule_flush_locked();
     } else if (!admit_locked(0)) {
       out_.buf().resize(before);

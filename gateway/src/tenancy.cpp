@@ -161,6 +161,11 @@ ByteBudget& TenantState::queued_budget(uint64_t max_bytes) {
   return *queued_;
 }
 
+uint64_t TenantState::queued_bytes() const {
+  std::lock_guard lk(mu_);
+  return queued_ ? queued_->used() : 0;
+}
+
 std::shared_ptr<DeliveryLane> TenantState::lane(size_t max_backlog_bytes, uint64_t max_tenant_queued, ByteBudget* node,
                                                 std::atomic<uint64_t>* budget_drops) {
   ByteBudget& tenant = queued_budget(max_tenant_queued);

@@ -14,6 +14,7 @@
 
 #include "config.hpp"
 #include "delivery_lane.hpp"
+#include "metrics.hpp"
 #include "queue_budget.hpp"
 
 namespace busgate::gw {
@@ -97,8 +98,12 @@ class TenantState {
   int connections() const { return connections_.load(); }
   int inflight() const { return inflight_.load(); }
 
+  // Bytes held for this tenant's clients on this node now (0 before the first connection).
+  uint64_t queued_bytes() const;
+
   // Counters for metrics and the admin API.
   std::atomic<uint64_t> msgs_in{0}, bytes_in{0}, msgs_out{0}, bytes_out{0};
+  TenantMetrics metrics;
 
  private:
   std::string name_;

@@ -317,7 +317,7 @@ authorization {
       subscribe: {allow: [">"]}
     }}
     {user: svc-data, password: svc-secret, permissions: {
-      publish: {allow: [">"], deny: ["t.>", "_INBOX.>", "$JS.>"]}
+      publish: {allow: [">"], deny: ["t.>", "_INBOX.>", "$JS.>", "_BUSGATE.>"]}
       subscribe: {allow: ["svc.data.>", "_INBOX.>"], deny: ["_INBOX.gw-perm.>"]}
       allow_responses: true
     }}
@@ -352,10 +352,12 @@ def test_the_documented_permissions_keep_tenant_namespaces_to_the_gateway(nats, 
     guess = "_INBOX.gw-perm." + token_text((token_value(req2[1].rsplit(".", 1)[1]) + 1) % 2**64)
     svc.pub(guess, b"forged")
     svc.pub(req[1], b"again")
+    # ... nor drive the gateways' admin API on the bus
+    svc.pub("_BUSGATE.admin.all.refusal", b"{}")
     svc.flush()
     assert c.expect(RES, timeout=3)[1:3] == [2, E["REQUEST_TIMEOUT"]]
     assert not c.drain(MSG, quiet=0.3), "a message from the service reached the tenant namespace"
-    for subject in ("t.demo.orders.new", guess, req[1]):
+    for subject in ("t.demo.orders.new", guess, req[1], "_BUSGATE.admin.all.refusal"):
         assert any(f'Permissions Violation for Publish to "{subject}"' in e for e in svc.errors), svc.errors
     # Its own subscription to the gateway's inbox is refused.
     svc.send(b"SUB _INBOX.gw-perm.> 9\r\n")

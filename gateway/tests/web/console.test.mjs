@@ -2,102 +2,28 @@
 // against the real gateway binary, with a raw TCP client on the other side.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import net from "node:net";
-import fs from "node:fs";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { encode, decode } from "@msgpack/msgpack";
-import { chromium } from "playwright-core";
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, "../../..");
-const BIN = process.env.BUSGATE_BIN || path.join(root, "build/bin/busgate");
-const OUT = process.env.BUSGATE_TEST_OUTPUT || path.join(root, "build/test-output");
+import { startGateway, launchBrowser, screenshot, adminGet, RawClient, DEV_TOKEN } from "./harness.mjs";
 
 let gw, tcpAddr, httpAddr, browser;
 
-function startGateway() {
-  return new Promise((resolve, reject) => {
-    const p = spawn(BIN, ["--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--threads", "2"], { stdio: ["ignore", "ignore", "pipe"] });
-    let log = "";
-    const timer = setTimeout(() => reject(new Error("gateway did not start:\n" + log)), 15000);
-    p.stderr.on("data", (d) => {
-      log += d.toString();
-      const tcp = log.match(/tcp listening on ([\d.]+):(\d+)/);
-      const http = log.match(/http listening on ([\d.]+):(\d+)/);
-      if (tcp && http && log.includes("ready (bus:")) {
-        clearTimeout(timer);
-        tcpAddr = { host: tcp[1], port: Number(tcp[2]) };
-        httpAddr = `${http[1]}:${http[2]}`;
-        resolve(p);
-      }
-    });
-    p.on("exit", (code) => reject(new Error(`gateway exited ${code}:\n${log}`)));
-  });
-}
-
-// A raw busgate TCP client: length-prefixed msgpack frames.
-class RawClient {
-  constructor(sock) { this.sock = sock; this.buf = Buffer.alloc(0); this.frames = []; this.waiters = []; }
-  static connect(addr) {
-    return new Promise((resolve, reject) => {
-      const sock = net.connect(addr, () => resolve(c));
-      const c = new RawClient(sock);
-      sock.on("error", reject);
-      sock.on("data", (d) => c.onData(d));
-    });
-  }
-  onData(d) {
-    this.buf = Buffer.concat([this.buf, d]);
-    while (this.buf.length >= 4) {
-      const n = this.buf.readUInt32BE(0);
-      if (this.buf.length < 4 + n) break;
-      const frame = decode(this.buf.subarray(4, 4 + n));
-      this.buf = this.buf.subarray(4 + n);
-      if (frame[0] === 11) { this.send([12]); continue; }  // PING -> PONG
-      this.frames.push(frame);
-      this.waiters.splice(0).forEach((w) => w());
-    }
-  }
-  send(frame) {
-    const body = Buffer.from(encode(frame));
-    const head = Buffer.alloc(4);
-    head.writeUInt32BE(body.length);
-    this.sock.write(Buffer.concat([head, body]));
-  }
-  async expect(op, timeoutMs = 5000) {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const i = this.frames.findIndex((f) => f[0] === op);
-      if (i >= 0) return this.frames.splice(i, 1)[0];
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`no frame with op ${op}; have ${JSON.stringify(this.frames)}`);
-      await new Promise((r) => { this.waiters.push(r); setTimeout(r, left); });
-    }
-  }
-}
-
 before(async () => {
   gw = await startGateway();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-           "--no-first-run", "--disable-component-update", "--disable-sync"],
-  });
+  tcpAddr = gw.tcp;
+  httpAddr = gw.http;
+  browser = await launchBrowser();
 });
 
 after(async () => {
   if (browser) await browser.close();
-  if (gw) gw.kill("SIGTERM");
+  if (gw) gw.proc.kill("SIGTERM");
 });
 
-async function openConsole() {
+// Opens the console with the token in the fragment: it connects on load.
+async function openConsole(hash = `#token=${DEV_TOKEN}`) {
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-  await page.goto(`http://${httpAddr}/debug?token=dev-token`);
+  await page.goto(`http://${httpAddr}/debug${hash}`);
   assert.equal(await page.title(), "busgate console");
   assert.equal(await page.inputValue("#url"), `ws://${httpAddr}/v1/ws`);
-  await page.click("#connect");
   await page.waitForSelector("#status.open");
   assert.match(await page.textContent("#welcome"), /tenant demo/);
   return page;
@@ -132,7 +58,7 @@ test("the console subscribes, shows live messages, sends requests and inspects f
   tcp.send([3, "orders.created", Buffer.from("hello from tcp"), { "trace-id": "t-1" }]);
   const row = page.locator("#messages tr[data-subject='orders.created']");
   await row.waitFor();
-  assert.equal(await row.locator("td.payload").textContent(), "hello from tcp");
+  assert.equal(await row.locator(".payload").textContent(), "hello from tcp");
   assert.match(await row.textContent(), /"busgate-tenant":"demo"/);
   assert.equal(await page.textContent("#subs tbody tr td:nth-child(3)"), "1");
 
@@ -158,8 +84,7 @@ test("the console subscribes, shows live messages, sends requests and inspects f
   for (const op of ["HELLO", "WELCOME", "SUB", "OK", "MSG", "REQ", "RES"])
     assert.ok(frames.some((t) => t.includes(op)), `inspector shows ${op}`);
 
-  fs.mkdirSync(OUT, { recursive: true });
-  await page.screenshot({ path: path.join(OUT, "console.png"), fullPage: true });
+  await screenshot(page, "console");
   tcp.sock.destroy();
 });
 
@@ -189,12 +114,11 @@ test("the console consumes a durable subscription: delivery id and attempt, Nak 
     await first.waitFor();
     assert.equal(await first.getAttribute("data-attempt"), "1");
     assert.equal(await first.getAttribute("data-subject"), "jobs.x");
-    assert.equal(await first.locator("td.payload").textContent(), "resize img-1");
+    assert.equal(await first.locator(".payload").textContent(), "resize img-1");
     assert.match(await first.locator("td.delivery").textContent(), /#1 · attempt 1/);
     const msg1 = await frameLogged(page, "in", '[6,1,"jobs.x","resize img-1",');
     assert.match(msg1, /,null,1,1\]$/, "MSG fields 6 and 7: delivery id 1, attempt 1");
-    fs.mkdirSync(OUT, { recursive: true });
-    await page.screenshot({ path: path.join(OUT, "console-durable-delivered.png"), fullPage: true });
+    await screenshot(page, "console-durable-delivered");
 
     // Nak: the same message comes back as delivery 2, attempt 2
     await first.locator("button.nak").click();
@@ -202,7 +126,7 @@ test("the console consumes a durable subscription: delivery id and attempt, Nak 
     const second = page.locator("#messages tr[data-sid='1'][data-delivery='2']");
     await second.waitFor();
     assert.equal(await second.getAttribute("data-attempt"), "2");
-    assert.equal(await second.locator("td.payload").textContent(), "resize img-1");
+    assert.equal(await second.locator(".payload").textContent(), "resize img-1");
     assert.match(await second.locator("td.delivery").textContent(), /#2 · attempt 2/);
     await page.waitForSelector("#messages tr[data-delivery='1'][data-state='nakked']");
     assert.match(await first.locator(".outcome").textContent(), /^nakked at /);
@@ -223,7 +147,7 @@ test("the console consumes a durable subscription: delivery id and attempt, Nak 
     assert.match(err, /,14,1\]\s+\(UNKNOWN_DELIVERY\)$/);
     await page.waitForFunction(() => document.querySelector("#messages tr[data-delivery='2'] .outcome").textContent.startsWith("ACK: UNKNOWN_DELIVERY"));
     assert.equal(await page.getAttribute("#messages tr[data-delivery='2'] .outcome", "class"), "outcome errtext");
-    await page.screenshot({ path: path.join(OUT, "console-durable-acked.png"), fullPage: true });
+    await screenshot(page, "console-durable-acked");
 
     // nothing more arrives: not now, nor after the subscription ends and a new one binds to the
     // consumer (an unacknowledged delivery would be released and redelivered at once)
@@ -289,7 +213,7 @@ test("the console terminates a delivery and reads the dead letter through a cred
     await dead.waitFor();
     assert.equal(await dead.getAttribute("data-subject"), "deadletter.workers");
     assert.equal(await dead.getAttribute("data-attempt"), "1");
-    assert.equal(await dead.locator("td.payload").textContent(), "bad input");
+    assert.equal(await dead.locator(".payload").textContent(), "bad input");
     const headers = JSON.parse(await dead.locator("td:nth-child(5)").textContent());
     assert.equal(headers["busgate-dead-reason"], "terminated: corrupt image");
     assert.equal(headers["busgate-subject"], "jobs.broken");
@@ -298,8 +222,7 @@ test("the console terminates a delivery and reads the dead letter through a cred
     await dead.locator("button.ack").click();
     await page.waitForSelector("#messages tr[data-sid='2'][data-delivery='1'][data-state='acked']");
     assert.deepEqual(await framesLogged(page, "in", "[10,"), [], "no ERR");
-    fs.mkdirSync(OUT, { recursive: true });
-    await page.screenshot({ path: path.join(OUT, "console-durable-dead-letter.png"), fullPage: true });
+    await screenshot(page, "console-durable-dead-letter");
 
     // a reconnect: the old connection's delivery ids mean nothing any more, so their buttons go;
     // the subscriptions are made again with their options, credits start from zero
@@ -314,6 +237,110 @@ test("the console terminates a delivery and reads the dead letter through a cred
     await frameLogged(page, "out", '[4,2,"deadletter.workers",null,{"durable":"console-dead","max_inflight":5,"flow":"credit"}]');
     await frameLogged(page, "in", "[9,4,2]");
     assert.match(await subRow.textContent(), /credits left 0/);
+  } finally {
+    await page.close();
+  }
+});
+
+test("a token in the address connects on load, from the fragment or the query", async () => {
+  for (const [hash, name] of [[`#token=${DEV_TOKEN}&name=from-fragment`, "from-fragment"], [`?token=${DEV_TOKEN}&name=from-query`, "from-query"]]) {
+    const page = await openConsole(hash);  // waits for #status.open: nothing was clicked
+    try {
+      assert.equal(await page.inputValue("#token"), DEV_TOKEN);
+      assert.equal(await page.inputValue("#name"), name);
+      assert.ok(await page.isDisabled("#connect"), "connected: Connect is disabled");
+      await frameLogged(page, "out", `[1,[1],{"method":"token","token":"${DEV_TOKEN}"},"${name}"`);
+      const { body } = await adminGet(httpAddr, "connections");
+      assert.ok(body.connections.some((c) => c.name === name && c.tenant === "demo" && c.transport.startsWith("ws")),
+                `the gateway lists the console's connection ${name}: ${JSON.stringify(body.connections)}`);
+      assert.equal(await page.isHidden("#tab-operator"), true, "no admin token, no operator view");
+      await screenshot(page, "console-url-token-" + name);
+    } finally {
+      await page.close();
+    }
+  }
+});
+
+// Subscribes the page to `subject`, publishes `payload` (bytes) from a raw TCP client, returns the row.
+async function deliver(page, subject, payload) {
+  const sid = await page.evaluate("nextSid");
+  await page.fill("#sub-subject", subject);
+  await page.click("#subscribe");
+  await frameLogged(page, "in", `[9,4,${sid}]`);
+  const tcp = await RawClient.hello(tcpAddr, "payload-sender");
+  tcp.send([3, subject, payload]);
+  const row = page.locator(`#messages tr[data-subject='${subject}']`);
+  await row.waitFor();
+  tcp.sock.destroy();
+  return row;
+}
+
+test("a binary payload shows as a hex dump of its bytes", async () => {
+  const page = await openConsole();
+  try {
+    const bytes = Buffer.from([0xff, 0xfe, 0x00, 0x01, 0x41, 0x42, 0x43, 0x0a, 0x80, 0x7f, 0x20, 0x7e, 0x68, 0x69, 0x21, 0x00, 0x01, 0x02]);
+    const row = await deliver(page, "blobs.raw", bytes);
+    // over busgate.v1.json the gateway sent it as base64 (docs/protocol.md section 4)
+    await frameLogged(page, "in", `[6,1,"blobs.raw",{"base64":"${bytes.toString("base64")}"}`);
+    const payload = row.locator(".payload");
+    assert.equal(await payload.getAttribute("data-view"), "hex", "not UTF-8: hex by default");
+    const lines = (await payload.textContent()).split("\n");
+    assert.deepEqual(lines, [
+      "00000000  ff fe 00 01 41 42 43 0a  80 7f 20 7e 68 69 21 00  |....ABC... ~hi!.|",
+      "00000010  01 02" + " ".repeat(18) + "  " + " ".repeat(23) + "  |..|",
+    ]);
+    assert.match(await row.locator(".psize").textContent(), /^18 B · not UTF-8$/);
+    assert.ok(await row.locator("button.pv-json").isDisabled(), "not JSON");
+    await screenshot(page, "console-payload-hex");
+    await row.locator("button.pv-utf8").click();
+    assert.equal(await payload.getAttribute("data-view"), "utf8");
+    assert.equal(await payload.textContent(), new TextDecoder().decode(bytes), "UTF-8 view: invalid bytes as U+FFFD");
+    await row.locator("button.pv-hex").click();
+    assert.match(await payload.textContent(), /^00000000  ff fe 00 01/);
+  } finally {
+    await page.close();
+  }
+});
+
+test("a JSON payload is pretty-printed, keeping its literals; text stays text", async () => {
+  const page = await openConsole();
+  try {
+    const text = '{"order":{"id":12345678901234567890,"price":1.50,"note":"a \\"{x}\\", [y]","items":["a","b"],"meta":{},"tags":[]}}';
+    JSON.parse(text);  // valid JSON
+    const row = await deliver(page, "orders.json", Buffer.from(text));
+    const payload = row.locator(".payload");
+    assert.equal(await payload.getAttribute("data-view"), "json", "an object: JSON view by default");
+    assert.equal(await payload.textContent(), [
+      "{",
+      '  "order": {',
+      '    "id": 12345678901234567890,',
+      '    "price": 1.50,',
+      '    "note": "a \\"{x}\\", [y]",',
+      '    "items": [',
+      '      "a",',
+      '      "b"',
+      "    ],",
+      '    "meta": {},',
+      '    "tags": []',
+      "  }",
+      "}",
+    ].join("\n"));
+    await screenshot(page, "console-payload-json");
+    await row.locator("button.pv-utf8").click();
+    assert.equal(await payload.textContent(), text, "the UTF-8 view is the payload as sent");
+    await row.locator("button.pv-hex").click();
+    assert.match(await payload.textContent(), /^00000000  7b 22 6f 72 64 65 72 22  3a 7b 22 69 64 22 3a 31  \|\{"order":\{"id":1\|/);
+
+    // plain text: the UTF-8 view, no JSON view
+    const plain = await deliver(page, "orders.text", Buffer.from("just {text}"));
+    assert.equal(await plain.locator(".payload").getAttribute("data-view"), "utf8");
+    assert.equal(await plain.locator(".payload").textContent(), "just {text}");
+    assert.ok(await plain.locator("button.pv-json").isDisabled());
+    // the message filter matches the payload text, not the view buttons
+    await page.fill("#msg-filter", "hex");
+    assert.equal(await page.locator("#messages tbody tr:visible").count(), 0);
+    await page.fill("#msg-filter", "12345678901234567890");
+    assert.equal(await page.locator("#messages tbody tr:visible").count(), 1);
   } finally {
     await page.close();
   }

@@ -70,12 +70,12 @@ def test_metrics_after_known_traffic(start_gateway, clients):
     assert metric(text, "busgate_messages_out_total", tenant="acme") == 11  # 10 MSG + the request MSG
     assert metric(text, "busgate_subscriptions") == 2
     assert metric(text, "busgate_bus_subscriptions") == 2
-    assert metric(text, "busgate_requests_total") == 2
-    assert metric(text, "busgate_requests_inflight") == 0
-    assert metric(text, "busgate_request_duration_seconds_count") == 2
-    assert metric(text, "busgate_errors_total", code="500", name="NO_RESPONDERS") == 1
-    assert metric(text, "busgate_errors_total", code="302", name="RESERVED_SUBJECT") == 1
-    assert metric(text, "busgate_slow_consumer_disconnects_total") == 0
+    assert metric(text, "busgate_requests_total", tenant="acme") == 2
+    assert metric(text, "busgate_requests_inflight", tenant="acme") == 0
+    assert metric(text, "busgate_request_duration_seconds_count", tenant="acme") == 2
+    assert metric(text, "busgate_errors_total", tenant="acme", code="500", name="NO_RESPONDERS") == 1
+    assert metric(text, "busgate_errors_total", tenant="acme", code="302", name="RESERVED_SUBJECT") == 1
+    assert metric(text, "busgate_slow_consumer_disconnects_total", tenant="acme") == 0
     assert metric(text, "busgate_tenant_requests_inflight", tenant="acme") == 0
     assert "# TYPE busgate_request_duration_seconds histogram" in text
 
