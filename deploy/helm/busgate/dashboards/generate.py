@@ -50,12 +50,13 @@ ts("Request latency p50 / p99", [
     (f'histogram_quantile(0.99, sum by (le, tenant) (rate(busgate_request_duration_seconds_bucket{{{T}}}[$__rate_interval])))', "p99 {{tenant}}")], "s")
 ts("Errors/s by name", [(f'sum by (tenant, name) (rate(busgate_errors_total{{{T}}}[$__rate_interval]))', "{{tenant}} {{name}}")], "ops")
 ts("Slow consumers and flow control", [
-    (f'sum(increase(busgate_slow_consumer_disconnects_total{{{N}}}[$__rate_interval]))', "slow consumer disconnects"),
+    (f'sum by (tenant) (increase(busgate_slow_consumer_disconnects_total{{{T}}}[$__rate_interval]))', "slow consumer disconnects {{tenant}}"),
     (f'sum(increase(busgate_producer_paces_total{{{N}}}[$__rate_interval]))', "producer paces"),
     (f'sum(increase(busgate_backlog_drops_total{{{N}}}[$__rate_interval]))', "backlog drops"),
     (f'sum(increase(busgate_bus_congestion_pauses_total{{{N}}}[$__rate_interval]))', "bus congestion pauses")])
-ts("Queued bytes by node", [(f'sum by (pod) (busgate_queued_bytes{{{N}}})', "{{pod}}")], "bytes",
-   desc="Bytes held for clients: outbound queues and delivery backlogs (limits.max_queued_bytes).")
+ts("Queued bytes by tenant", [(f'sum by (tenant) (busgate_tenant_queued_bytes{{{T}}})', "{{tenant}}"),
+                              (f'max(busgate_queued_bytes{{{N}}})', "largest node, all tenants")], "bytes",
+   desc="Bytes held for clients: outbound queues and delivery backlogs (limits.max_tenant_queued_bytes, limits.max_queued_bytes).")
 ts("Bus", [(f'min by (pod) (busgate_bus_healthy{{{N}}})', "healthy {{pod}}"),
            (f'sum by (pod) (increase(busgate_bus_reconnects_total{{{N}}}[$__rate_interval]))', "reconnects {{pod}}"),
            (f'max by (pod) (busgate_draining{{{N}}})', "draining {{pod}}")])
