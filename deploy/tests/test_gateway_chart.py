@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import subprocess
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 import yaml
 
 from conftest import CHARTS, Rendered, template, template_error
+from procs import http_get, start_gateway, stop
 
 CHART = "busgate"
 PRODUCTION = str(CHARTS / CHART / "examples" / "production.yaml")
@@ -153,15 +150,6 @@ def test_the_rendered_configuration_passes_check_config(helm, busgate_bin, tmp_p
     assert "valid" in r.stdout
 
 
-def _http(url: str, token: str | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def test_the_default_install_serves_its_tenant_with_the_generated_token(helm, busgate_bin, tmp_path):
     """What `helm install` with no values runs: the rendered configuration and Secret, on the real
     gateway: the generated tenant token authenticates, the admin token opens the admin API."""
@@ -173,20 +161,8 @@ def test_the_default_install_serves_its_tenant_with_the_generated_token(helm, bu
     files = _write_secret_files(objs, secrets)
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(objs.one("ConfigMap", "rel-busgate")["data"]["gateway.yaml"])
-    ready = tmp_path / "log"
-    with open(ready, "w") as log:
-        proc = subprocess.Popen([busgate_bin, "--config", str(cfg), "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                                 "--log-format", "text"], stdout=log, stderr=subprocess.STDOUT)
+    proc, tcp, http = start_gateway(busgate_bin, ["--config", str(cfg)], tmp_path / "log")
     try:
-        deadline = time.monotonic() + 20
-        text = ""
-        while time.monotonic() < deadline and "ready (bus" not in text:
-            time.sleep(0.05)
-            text = ready.read_text()
-        assert "ready (bus: memory" in text, text
-        tcp = re.search(r"tcp listening on ([\d.]+:\d+)", text).group(1)
-        http = re.search(r"http listening on ([\d.]+:\d+)", text).group(1)
-
         async def roundtrip():
             c = await connect(f"busgate://{tcp}", token=files["tenant-demo-tokens"])
             sub = await c.subscribe("hello")
@@ -199,10 +175,9 @@ def test_the_default_install_serves_its_tenant_with_the_generated_token(helm, bu
 
         data, refused = asyncio.run(roundtrip())
         assert data == b"from the chart" and refused == "AUTH_FAILED"
-        assert _http(f"http://{http}/readyz")[0] == 200
-        assert _http(f"http://{http}/admin/tenants")[0] == 401
-        status, body = _http(f"http://{http}/admin/tenants", files["admin-token"])
+        assert http_get(f"http://{http}/readyz")[0] == 200
+        assert http_get(f"http://{http}/admin/tenants")[0] == 401
+        status, body = http_get(f"http://{http}/admin/tenants", files["admin-token"])
         assert status == 200 and "demo" in body
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
