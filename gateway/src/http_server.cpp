@@ -107,8 +107,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
     http::async_write(stream_, *res, [self = this->shared_from_this(), res](beast::error_code, size_t) { self->close(); });
   }
 
-  bool admin_authorized() const {
-    const auto& digest = server_.config().admin_token_sha256;
+  bool admin_authorized(const std::string& digest) const {
     if (digest.empty()) return false;
     const std::string_view auth = sv(req_[http::field::authorization]);
     constexpr std::string_view kBearer = "Bearer ";
@@ -146,9 +145,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
       res.set(http::field::cache_control, "no-store");
       res.body() = std::string(console_page());
     } else if (t.starts_with("/admin/")) {
-      if (server_.config().admin_token_sha256.empty()) {
+      const std::string digest = server_.admin_token_sha256();  // a reload may replace it
+      if (digest.empty()) {
         json_reply(http::status::forbidden, {{"error", "the admin API is disabled: set admin.token_sha256"}});
-      } else if (!admin_authorized()) {
+      } else if (!admin_authorized(digest)) {
         res.set(http::field::www_authenticate, "Bearer realm=\"busgate admin\"");
         json_reply(http::status::unauthorized, {{"error", "send Authorization: Bearer <admin token>"}});
       } else {
@@ -211,20 +211,25 @@ struct HttpServer::Impl {
     return *acceptors.back();
   }
 
+  // `tls`: the context at start; each connection takes the server's current one (a reload replaces it).
   void accept(tcp::acceptor& acc, const char* what, asio::ssl::context* tls) {
     loops.push_back(std::make_unique<AcceptLoop>(
         acc, what, [this]() -> asio::io_context& { return server.next_context(); },
         [this, tls](tcp::socket sock) {
           using Tls = beast::ssl_stream<beast::tcp_stream>;
-          if (tls) std::make_shared<HttpSession<Tls>>(server, std::move(sock), *tls)->start();
-          else std::make_shared<HttpSession<beast::tcp_stream>>(server, std::move(sock))->start();
+          if (tls) {
+            const auto current = server.tls_context();
+            std::make_shared<HttpSession<Tls>>(server, std::move(sock), current ? *current : *tls)->start();
+          } else {
+            std::make_shared<HttpSession<beast::tcp_stream>>(server, std::move(sock))->start();
+          }
         }));
     loops.back()->start();
   }
 };
 
 HttpServer::HttpServer(Server& server, asio::io_context& ctx) : impl_(std::make_unique<Impl>(server, ctx)) {
-  if (server.config().admin_token_sha256.empty()) spdlog::info("admin API disabled (no admin.token_sha256)");
+  if (server.admin_token_sha256().empty()) spdlog::info("admin API disabled (no admin.token_sha256)");
 }
 HttpServer::~HttpServer() = default;
 

@@ -36,7 +36,11 @@ struct Server::Impl {
   std::unique_ptr<tcp::acceptor> tls_acceptor;
   std::unique_ptr<AcceptLoop> tcp_loop;  // after its acceptor: destroyed first
   std::unique_ptr<AcceptLoop> tls_loop;
-  std::unique_ptr<asio::ssl::context> tls;  // outlives the contexts: TLS streams in them refer to it
+  // The TLS context of new connections, and those a reload replaced: all outlive the io_contexts
+  // (TLS streams in them were made from one).
+  mutable std::mutex tls_mu;
+  std::shared_ptr<asio::ssl::context> tls;
+  std::vector<std::shared_ptr<asio::ssl::context>> retired_tls;
   asio::signal_set signals;
   asio::steady_timer drain_timer;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work0;
@@ -80,7 +84,12 @@ void Server::teardown() {
   threads_.clear();
   // 2. The listeners: I/O objects of context 0, destroyed while it exists. Their pending accepts
   //    are destroyed with the contexts, never run.
-  std::unique_ptr<asio::ssl::context> tls = impl_ ? std::move(impl_->tls) : nullptr;
+  std::vector<std::shared_ptr<asio::ssl::context>> tls;
+  if (impl_) {
+    std::lock_guard lk(impl_->tls_mu);
+    tls = std::move(impl_->retired_tls);
+    tls.push_back(std::move(impl_->tls));
+  }
   http_.reset();
   impl_.reset();
   admin_.reset();  // unsubscribes from the bus; its timers belong to context 0
@@ -89,6 +98,16 @@ void Server::teardown() {
   bus_.reset();
   // 4. The contexts, with the handlers they still hold (and whatever those keep alive).
   contexts_.clear();
+}
+
+std::string Server::admin_token_sha256() const {
+  std::lock_guard lk(admin_token_mu_);
+  return admin_token_sha256_;
+}
+
+std::shared_ptr<asio::ssl::context> Server::tls_context() const {
+  std::lock_guard lk(impl_->tls_mu);
+  return impl_->tls;
 }
 
 asio::io_context& Server::next_context() { return *contexts_[rr_.fetch_add(1) % contexts_.size()]; }
@@ -127,7 +146,7 @@ void Server::start_tcp() {
     impl_->tls_acceptor = listen_on(ctx, *cfg_.tls, "tls");
     impl_->tls_loop = std::make_unique<AcceptLoop>(
         *impl_->tls_acceptor, "tls", [this]() -> asio::io_context& { return next_context(); },
-        [this](tcp::socket s) { start_tls_connection(*this, std::move(s), *impl_->tls); });
+        [this](tcp::socket s) { start_tls_connection(*this, std::move(s), *tls_context()); });
     impl_->tls_loop->start();
   }
 }
@@ -145,7 +164,7 @@ int Server::run() {
     if (cfg_.http || cfg_.https) {
       http_ = std::make_unique<HttpServer>(*this, *contexts_[0]);
       if (cfg_.http) http_->start(*cfg_.http);
-      if (cfg_.https) http_->start_tls(*cfg_.https, *impl_->tls);
+      if (cfg_.https) http_->start_tls(*cfg_.https, *tls_context());
     }
   } catch (const std::exception& e) {
     spdlog::critical("cannot start listeners: {}", e.what());
@@ -254,9 +273,18 @@ bool Server::close_session(uint64_t id) {
 
 std::string Server::reload() {
   if (config_path_.empty()) return "the gateway runs without a config file (--dev); nothing to reload";
+  std::lock_guard reloading(reload_mu_);
   GatewayConfig fresh;
+  std::shared_ptr<asio::ssl::context> tls;
+  // The files the file's tls section names; without one, those the gateway started with (--tls-cert).
+  const TlsConfig* tls_files = nullptr;
   try {
     fresh = load_config_file(config_path_);
+    // Listeners are not reloaded: a certificate is re-read only when a TLS listener runs.
+    if ((cfg_.tls || cfg_.https) && tls_context()) {
+      tls_files = fresh.tls_files.enabled() ? &fresh.tls_files : &cfg_.tls_files;
+      tls = make_server_tls_context(*tls_files);
+    }
   } catch (const std::exception& e) {
     return e.what();
   }
@@ -268,6 +296,24 @@ std::string Server::reload() {
   for (const auto& s : all) s->recheck_auth();
   spdlog::info("reloaded {} tenants from {} ({} connections rechecked)", fresh.tenants.size(), config_path_,
                all.size());
+  {
+    std::lock_guard lk(admin_token_mu_);
+    if (fresh.admin_token_sha256 != admin_token_sha256_)
+      spdlog::info("reload: {}", fresh.admin_token_sha256.empty() ? "admin API disabled (no admin token)"
+                                 : admin_token_sha256_.empty()    ? "admin API enabled"
+                                                                  : "admin token replaced");
+    admin_token_sha256_ = fresh.admin_token_sha256;
+  }
+  if (tls) {
+    {
+      std::lock_guard lk(impl_->tls_mu);
+      impl_->retired_tls.push_back(std::move(impl_->tls));
+      impl_->tls = std::move(tls);
+    }
+    spdlog::info("reload: new TLS connections use the certificate {} and the key {}{}", tls_files->cert_file,
+                 tls_files->key_file,
+                 tls_files->client_ca_file.empty() ? "" : " (client CA " + tls_files->client_ca_file + ")");
+  }
   return {};
 }
 

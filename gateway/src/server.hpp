@@ -26,7 +26,10 @@
 
 namespace boost::asio {
 class io_context;
+namespace ssl {
+class context;
 }
+}  // namespace boost::asio
 
 namespace busgate::gw {
 
@@ -44,7 +47,14 @@ class Server {
   // Runs until drained (SIGTERM/SIGINT) and returns the process exit code.
   int run();
 
+  // The configuration the gateway started with; a reload replaces its tenants. The admin token and
+  // the TLS context a reload may replace are read through admin_token_sha256() and tls_context().
   const GatewayConfig& config() const { return cfg_; }
+  // The admin token's SHA-256 digest (hex), "" when the admin API is disabled. Any thread.
+  std::string admin_token_sha256() const;
+  // The TLS context for new TLS connections (busgate+tls, HTTPS, WSS); null without tls.cert_file.
+  // A reload replaces it; the replaced ones stay alive until the gateway stops. Any thread.
+  std::shared_ptr<boost::asio::ssl::context> tls_context() const;
   TenantRegistry& registry() { return registry_; }
   Bus& bus() { return *bus_; }
   Metrics& metrics() { return metrics_; }
@@ -63,7 +73,8 @@ class Server {
   // Picks the io_context for a new connection (round-robin).
   boost::asio::io_context& next_context();
 
-  // Reloads tenants from the config file (SIGHUP, admin API). Returns an error message or "".
+  // Reloads the config file (SIGHUP, admin API): tenants, the authentication throttle, the admin
+  // token and the TLS certificate, key and client CA. Returns an error message (nothing changed) or "".
   std::string reload();
   void configure_durable();
   void begin_drain();
@@ -104,6 +115,10 @@ class Server {
   std::shared_ptr<AdminCluster> admin_;  // its timers live in contexts_[0]
   std::vector<std::thread> threads_;
   std::atomic<size_t> rr_{0};
+
+  std::mutex reload_mu_;  // one reload at a time (SIGHUP and POST /admin/reload)
+  mutable std::mutex admin_token_mu_;
+  std::string admin_token_sha256_{cfg_.admin_token_sha256};  // under admin_token_mu_
 
   mutable std::mutex sessions_mu_;
   std::unordered_map<uint64_t, std::weak_ptr<Session>> sessions_;
