@@ -211,15 +211,14 @@ struct HttpServer::Impl {
     return *acceptors.back();
   }
 
-  // `tls`: the context at start; each connection takes the server's current one (a reload replaces it).
-  void accept(tcp::acceptor& acc, const char* what, asio::ssl::context* tls) {
+  // With `tls`, each connection takes the server's current TLS context (a reload replaces it).
+  void accept(tcp::acceptor& acc, const char* what, bool tls) {
     loops.push_back(std::make_unique<AcceptLoop>(
         acc, what, [this]() -> asio::io_context& { return server.next_context(); },
         [this, tls](tcp::socket sock) {
           using Tls = beast::ssl_stream<beast::tcp_stream>;
           if (tls) {
-            const auto current = server.tls_context();
-            std::make_shared<HttpSession<Tls>>(server, std::move(sock), current ? *current : *tls)->start();
+            std::make_shared<HttpSession<Tls>>(server, std::move(sock), *server.tls_context())->start();
           } else {
             std::make_shared<HttpSession<beast::tcp_stream>>(server, std::move(sock))->start();
           }
@@ -233,10 +232,10 @@ HttpServer::HttpServer(Server& server, asio::io_context& ctx) : impl_(std::make_
 }
 HttpServer::~HttpServer() = default;
 
-void HttpServer::start(const Endpoint& ep) { impl_->accept(impl_->listen(ep, "http"), "http", nullptr); }
+void HttpServer::start(const Endpoint& ep) { impl_->accept(impl_->listen(ep, "http"), "http", false); }
 
-void HttpServer::start_tls(const Endpoint& ep, asio::ssl::context& tls) {
-  impl_->accept(impl_->listen(ep, "https"), "https", &tls);
+void HttpServer::start_tls(const Endpoint& ep) {
+  impl_->accept(impl_->listen(ep, "https"), "https", true);
 }
 
 void HttpServer::stop_accepting() {}  // health, readiness and metrics stay reachable while draining

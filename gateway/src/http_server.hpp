@@ -8,9 +8,6 @@
 
 namespace boost::asio {
 class io_context;
-namespace ssl {
-class context;
-}
 }  // namespace boost::asio
 
 namespace busgate::gw {
@@ -22,7 +19,8 @@ class HttpServer {
   HttpServer(Server& server, boost::asio::io_context& ctx);
   ~HttpServer();
   void start(const Endpoint& ep);                                     // HTTP
-  void start_tls(const Endpoint& ep, boost::asio::ssl::context& tls);  // HTTPS (and WSS)
+  // HTTPS (and WSS), with the server's TLS context (Server::tls_context(), which a reload replaces).
+  void start_tls(const Endpoint& ep);
   void stop_accepting();
   void stop();
 

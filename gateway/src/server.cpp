@@ -164,7 +164,7 @@ int Server::run() {
     if (cfg_.http || cfg_.https) {
       http_ = std::make_unique<HttpServer>(*this, *contexts_[0]);
       if (cfg_.http) http_->start(*cfg_.http);
-      if (cfg_.https) http_->start_tls(*cfg_.https, *tls_context());
+      if (cfg_.https) http_->start_tls(*cfg_.https);
     }
   } catch (const std::exception& e) {
     spdlog::critical("cannot start listeners: {}", e.what());
